@@ -1,0 +1,70 @@
+"""survgen.kernels: the temporal-attention op that the video U-Net calls, and its backends.
+
+`temporal_attention` is the only entry point for model code. It checks the
+arguments against the contract, picks a backend (see `backends`: fused
+kernels first, the pure-PyTorch `reference` otherwise, or the one named by
+`backend=`, `set_backend`/`use_backend` or $SURVGEN_ATTENTION) and runs it.
+Every backend means exactly what `reference.temporal_attention_reference`
+computes. The op is also registered with torch.library as
+`torch.ops.survgen.temporal_attention` (see `ops`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backends import (
+    BACKEND_NAMES,
+    BACKENDS,
+    Backend,
+    BackendUnavailableError,
+    backend_report,
+    select_backend,
+    set_backend,
+    use_backend,
+)
+from .reference import check_temporal_attention_args, sinusoidal_frame_encoding, temporal_attention_reference
+
+__all__ = [
+    "BACKEND_NAMES",
+    "BACKENDS",
+    "Backend",
+    "BackendUnavailableError",
+    "backend_report",
+    "select_backend",
+    "set_backend",
+    "sinusoidal_frame_encoding",
+    "temporal_attention",
+    "temporal_attention_reference",
+    "use_backend",
+]
+
+
+def temporal_attention(
+    x: torch.Tensor,
+    num_frames: int,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor,
+    heads: int,
+    eps: float = 1e-5,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Temporal self-attention sub-layer with residual, on the U-Net's layout `(b·f, c, h, w)`.
+
+    Per spatial position, the `num_frames` frames of each video attend to each
+    other: `x + out_proj(MHA(LayerNorm(x + PE)))` over frames, `heads` heads
+    (must divide c). Shapes: norm_weight/norm_bias `(c,)`, qkv_weight `(3c, c)`
+    (q, k, v rows in that order), qkv_bias `(3c,)` or None, out_weight `(c, c)`,
+    out_bias `(c,)`. Raises ValueError on arguments that break this, and
+    BackendUnavailableError when the named `backend` cannot run `x`.
+    """
+    check_temporal_attention_args(
+        x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads
+    )
+    chosen = select_backend(x, backend)
+    return chosen.forward(x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads, eps)

@@ -1,0 +1,1 @@
+"""The diffusion objective (v-prediction) and the samplers, separate from the models."""

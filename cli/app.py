@@ -1,0 +1,253 @@
+"""The `survgen` command line: thin Typer commands that parse options and call library functions.
+
+Human-readable output (progress, tables, warnings) goes to stderr; machine
+output (paths, JSON) to stdout. Known input errors end with exit code 2 and a
+one-line message naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from survgen import __version__
+
+app = typer.Typer(
+    name="survgen",
+    help="SurV-Gen: generate surgical videos of under-represented classes to rebalance datasets.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+# ---------------------------------------------------------------- shared option types
+DataDir = Annotated[Optional[Path], typer.Option("--data", help="Dataset root (SAR-RARP50 layout, or videos + labels CSV); stored in the run, so not needed with --resume.")]
+OutDir = Annotated[Path, typer.Option("--out", help="Run folder to create (or to continue with --resume).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")]
+Steps = Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimizer steps in total.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Samples per step and process.")]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", min=0.0, help="AdamW learning rate.")]
+GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", min=1, help="Gradient accumulation steps.")]
+MixedPrecision = Annotated[Optional[str], typer.Option("--mixed-precision", help="no | fp16 | bf16.")]
+EmaDecay = Annotated[Optional[float], typer.Option("--ema-decay", min=0.0, max=1.0, help="EMA decay (0 disables).")]
+CheckpointEvery = Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")]
+SampleEvery = Annotated[Optional[int], typer.Option("--sample-every", min=1, help="Steps between sample grids.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (data order, noise, init).")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from survgen.classes import UnknownClassError
+    from survgen.data.index import DatasetError
+    from survgen.data.video import VideoReadError
+    from survgen.models.spatial import ModelLoadError
+    from survgen.runs import RunFolderError
+    from survgen.training.loop import TrainingDivergedError
+
+    return (UnknownClassError, DatasetError, VideoReadError, ModelLoadError, RunFolderError,
+            TrainingDivergedError, ValueError, FileNotFoundError)
+
+
+def user_errors(fn):
+    """Turn known input errors into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _known_errors() as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay, checkpoint_every,
+                     sample_every, seed) -> dict:
+    return dict(train_steps=steps, train_batch_size=batch_size, train_lr=lr, train_grad_accum=grad_accum,
+                train_mixed_precision=mixed_precision, train_ema_decay=ema_decay,
+                train_checkpoint_every=checkpoint_every, train_sample_every=sample_every, train_seed=seed)
+
+
+def _stage_config(cls, out: Path, stage: str, resume: bool, overrides: dict):
+    """Stored options on --resume (so no flag needs repeating), defaults otherwise; then the given flags."""
+    from survgen.config import config_from_dict, with_overrides
+    from survgen.runs import begin_run
+
+    stored = begin_run(out, stage, resume)
+    base = config_from_dict(cls, stored.options) if stored else cls()
+    return with_overrides(base, **overrides), stored
+
+
+def _data_dir(given: Path | None, stored) -> Path:
+    if stored is not None and stored.data:
+        return Path(stored.data)
+    if given is None:
+        raise ValueError("--data is required: the dataset root (e.g. one made by `survgen data synth --out DIR`)")
+    return given
+
+
+def _print_result(result, out: Path) -> None:
+    last = result.losses[-1] if result.losses else float("nan")
+    err.print(f"done: step {result.step}, last loss {last:.4f}; run folder {out}")
+    typer.echo(str(out))
+
+
+# ---------------------------------------------------------------- info
+@app.command()
+@user_errors
+def info(
+    preset: Annotated[Optional[str], typer.Option(help="Also report parameter counts of this preset (tiny | sd15).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
+):
+    """Versions, device, kernel backends (and why not), parameter counts of a preset."""
+    import diffusers
+    import torch
+    import transformers
+
+    from survgen.kernels import backend_report
+
+    report = {
+        "survgen": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA device)",
+        "attention_backends": {name: (reasons or "available") for name, reasons in backend_report().items()},
+    }
+    if preset:
+        from survgen.models.counts import preset_parameter_counts
+
+        report["parameters"] = preset_parameter_counts(preset)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title="survgen info", show_header=False)
+    for key, value in report.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                shown = f"{v:,}" if isinstance(v, int) else ("; ".join(v) if isinstance(v, list) else str(v))
+                table.add_row(f"{key}.{sub}", shown)
+        else:
+            table.add_row(key, str(value))
+    err.print(table)
+
+
+# ---------------------------------------------------------------- training
+@app.command("train-vae")
+@user_errors
+def train_vae(
+    out: OutDir,
+    data: DataDir = None,
+    resume: Resume = False,
+    image_size: Annotated[Optional[int], typer.Option(help="Frame size the VAE is trained at.")] = None,
+    steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
+    mixed_precision: MixedPrecision = None, checkpoint_every: CheckpointEvery = None,
+    sample_every: SampleEvery = None, seed: Seed = None, quiet: Quiet = False,
+):
+    """Stage 0 (tiny preset only): train the small autoencoder on the dataset's frames.
+
+    Example: survgen train-vae --data data/synth --out runs/vae
+    """
+    from survgen.training.autoencoder import AutoencoderStageConfig, train_autoencoder
+
+    overrides = dict(image_size=image_size, **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision,
+                                                              None, checkpoint_every, sample_every, seed))
+    cfg, stored = _stage_config(AutoencoderStageConfig, out, "vae", resume, overrides)
+    data = _data_dir(data, stored)
+    _print_result(train_autoencoder(data, out, cfg, resume=resume, progress=not quiet), out)
+
+
+@app.command("train-spatial")
+@user_errors
+def train_spatial(
+    out: OutDir,
+    data: DataDir = None,
+    resume: Resume = False,
+    preset: Annotated[Optional[str], typer.Option(help="tiny (CPU, from config) | sd15 (local SD 1.5 weights).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Local SD 1.5 diffusers folder or .safetensors file.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Local CLIP tokenizer folder (single-file checkpoints).")] = None,
+    vae: Annotated[Optional[str], typer.Option(help="tiny: the run folder of `survgen train-vae`.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Frame size to train at (sd15: 256 as in the paper).")] = None,
+    train_text_encoder: Annotated[Optional[bool], typer.Option("--train-text-encoder/--freeze-text-encoder",
+                                                               help="Fine-tune the text encoder too (default: tiny yes, sd15 no).")] = None,
+    steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
+    mixed_precision: MixedPrecision = None, ema_decay: EmaDecay = None, checkpoint_every: CheckpointEvery = None,
+    sample_every: SampleEvery = None, seed: Seed = None, quiet: Quiet = False,
+):
+    """Stage 1: fine-tune the 2D latent diffusion U-Net on frames paired with class prompts.
+
+    Examples:
+      survgen train-spatial --data data/synth --vae runs/vae --out runs/spatial
+      survgen train-spatial --data SAR-RARP50/train --preset sd15 --pretrained ~/models/sd15 --image-size 256 --out runs/spatial
+    """
+    from survgen.training.stage1 import SpatialStageConfig, train_spatial as run_stage
+
+    overrides = dict(preset=preset, pretrained=pretrained, tokenizer=tokenizer, vae=vae, image_size=image_size,
+                     train_text_encoder=train_text_encoder,
+                     **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay,
+                                        checkpoint_every, sample_every, seed))
+    cfg, stored = _stage_config(SpatialStageConfig, out, "spatial", resume, overrides)
+    data = _data_dir(data, stored)
+    _print_result(run_stage(data, out, cfg, resume=resume, progress=not quiet), out)
+
+
+@app.command("train-temporal")
+@user_errors
+def train_temporal(
+    out: OutDir,
+    data: DataDir = None,
+    spatial: Annotated[Optional[Path], typer.Option(help="Stage-1 run folder (or a diffusers SD folder).")] = None,
+    classes: Annotated[Optional[list[str]], typer.Option("--class", help="Class to learn, by code (G7), id or name; repeatable.")] = None,
+    resume: Resume = False,
+    attention_layers: Annotated[Optional[int], typer.Option(help="Self-attention sub-layers per temporal block.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")] = None,
+    steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
+    mixed_precision: MixedPrecision = None, ema_decay: EmaDecay = None, checkpoint_every: CheckpointEvery = None,
+    sample_every: SampleEvery = None, seed: Seed = None, quiet: Quiet = False,
+):
+    """Stage 2: freeze the spatial model, train temporal blocks + class embedding on clips of a class.
+
+    Example: survgen train-temporal --data data/synth --spatial runs/spatial --class G7 --out runs/temporal-G7
+    """
+    from survgen.training.stage2 import TemporalStageConfig, train_temporal as run_stage
+
+    overrides = dict(classes=classes or None, attention_layers=attention_layers,
+                     gradient_checkpointing=gradient_checkpointing,
+                     **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay,
+                                        checkpoint_every, sample_every, seed))
+    cfg, stored = _stage_config(TemporalStageConfig, out, "temporal", resume, overrides)
+    data = _data_dir(data, stored)
+    spatial = Path(stored.parent) if stored and stored.parent else spatial
+    if spatial is None:
+        raise ValueError("--spatial is required: the run folder of `survgen train-spatial`")
+    _print_result(run_stage(data, spatial, out, cfg, resume=resume, progress=not quiet), out)
+
+
+def _mount_subcommands() -> None:
+    from survgen.cli.data import app as data_app
+
+    app.add_typer(data_app, name="data", help="Create and inspect datasets (synth, stats).")
+
+
+_mount_subcommands()
+
+
+def main() -> None:
+    # Library progress bars from transformers/diffusers loaders would interleave with ours.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""`survgen data ...`: create the procedural dataset and inspect the class balance of any dataset.
+
+Human-readable output goes to stderr, machine output (paths, JSON) to stdout.
+Known input errors end with exit code 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_enable=False)
+err = Console(stderr=True)
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from survgen.classes import UnknownClassError
+    from survgen.data.index import DatasetError
+    from survgen.data.video import VideoReadError
+
+    return DatasetError, VideoReadError, UnknownClassError, FileExistsError, ValueError
+
+
+@contextmanager
+def _exit_on_input_errors():
+    try:
+        yield
+    except _known_errors() as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+class _ConsoleHandler(logging.Handler):
+    """Shows the data layer's warnings on stderr as they happen (above any table or bar)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]warning:[/] {record.getMessage()}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _warnings_to_console():
+    logger = logging.getLogger("survgen.data")
+    handler = _ConsoleHandler(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False  # printed here, not again by the root logger
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to create (must be empty or absent unless --overwrite).")],
+    num_videos: Annotated[int, typer.Option("--num-videos", min=1, help="Number of videos.")] = 36,
+    size: Annotated[int, typer.Option("--size", min=16, help="Frame width and height in pixels.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same dataset.")] = 0,
+    frames_per_video: Annotated[int, typer.Option("--frames-per-video", min=30, help="About this many frames per video.")] = 270,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+):
+    """Write the procedural suturing dataset (SAR-RARP50 layout, eight actions, G1/G6/G7 rare).
+
+    Example: survgen data synth --out data/synth
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from survgen.data.synth import synthesize_dataset
+
+    began = time.perf_counter()
+    with _exit_on_input_errors(), Progress(TextColumn("synthesizing videos"), BarColumn(), MofNCompleteColumn(),
+                                           TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("videos", total=num_videos)
+        synthesize_dataset(out, num_videos=num_videos, size=size, seed=seed, frames_per_video=frames_per_video,
+                           overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done))
+    err.print(f"wrote {num_videos} videos of {size}x{size} (seed {seed}) in {time.perf_counter() - began:.1f} s; "
+              f"see the class balance with: survgen data stats {out}", highlight=False)
+    typer.echo(str(out))
+
+
+@app.command()
+def stats(
+    data: Annotated[Path, typer.Argument(help="Dataset root (SAR-RARP50 layout, or videos + labels CSV).")],
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Also write a bar chart PNG here (nothing is written without it).")] = None,
+    clip_length: Annotated[int, typer.Option("--clip-length", min=1, help="Frames per clip.")] = 16,
+    frame_stride: Annotated[int, typer.Option("--frame-stride", min=1, help="Step between a clip's frames.")] = 1,
+    clip_step: Annotated[int, typer.Option("--clip-step", min=1, help="Frames between clip centres.")] = 6,
+    layout: Annotated[str, typer.Option("--layout", help="auto | sar-rarp50 | csv.")] = "auto",
+    labels_csv: Annotated[Optional[Path], typer.Option(
+        "--labels-csv", help="Labels CSV for the csv layout (default DATA/labels.csv).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the per-class numbers as JSON to stdout.")] = False,
+):
+    """Clips, videos and labelled frames per class; warnings about bad files first.
+
+    Examples:
+      survgen data stats data/synth --plot class_balance.png
+      survgen data stats my_videos --layout csv --labels-csv my_videos/labels.csv --json
+    """
+    from survgen.data.index import build_index
+    from survgen.data.stats import class_balance_plot, class_statistics
+
+    with _exit_on_input_errors(), _warnings_to_console():
+        index = build_index(data, clip_length=clip_length, frame_stride=frame_stride, clip_step=clip_step,
+                            layout=layout, labels_csv=labels_csv)
+        rows = class_statistics(index)
+        if plot is not None:
+            class_balance_plot(index.class_counts(), index.vocabulary, plot,
+                               title=f"{clip_length}-frame clips per class: {data}")
+
+    table = Table(title=f"{data} ({index.layout} layout)", caption=(
+        f"{len(index)} clips of {clip_length} frames (stride {frame_stride}) from {len(index.video_ids())} recordings; "
+        "orange: under-represented"))
+    for column in ("code", "action", "clips", "share", "recordings", "labelled frames"):
+        table.add_column(column, justify="left" if column in ("code", "action") else "right")
+    for row in rows:
+        table.add_row(row.code, row.name, f"{row.clips:,}", f"{row.share:.1%}", str(row.videos), f"{row.frames:,}",
+                      style="dark_orange" if row.rare else None)
+    err.print(table)
+    if index.warnings:
+        err.print(f"{len(index.warnings)} warning(s) above: those files or lines were skipped.", highlight=False)
+    if as_json:
+        typer.echo(json.dumps({"root": str(data), "layout": index.layout, "clip_length": clip_length,
+                               "frame_stride": frame_stride, "clips": len(index),
+                               "classes": [row.__dict__ for row in rows], "warnings": index.warnings,
+                               "plot": str(plot) if plot is not None else None}, indent=2))
+    elif plot is not None:
+        typer.echo(str(plot))

@@ -1,0 +1,108 @@
+"""`survgen::temporal_attention` as a torch.library custom op: schema, implementations, fake and autograd.
+
+The op is the dispatcher's entry point for the fused backends: the compiled
+kernels of survgen._C register themselves for its CPU/CUDA keys, and
+`torch.compile` sees one opaque node with a known output shape (the fake
+implementation) instead of tracing the attention. Until a fused kernel exists
+for a device, the op runs the pure-PyTorch reference there.
+
+Backward is its own op, `survgen::temporal_attention_backward`, so a fused
+backward can be registered the same way; its default implementation
+recomputes the forward through the reference with `torch.func.vjp` (recompute
+instead of saving attention probabilities, as flash-attention does). Double
+backward is not supported.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .reference import temporal_attention_reference
+
+
+@torch.library.custom_op("survgen::temporal_attention", mutates_args=())
+def temporal_attention_op(
+    x: torch.Tensor,
+    num_frames: int,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: Optional[torch.Tensor],
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor,
+    heads: int,
+    eps: float,
+) -> torch.Tensor:
+    """Temporal attention on `(b·f, c, h, w)`; arguments as `survgen.kernels.temporal_attention` (already checked)."""
+    return temporal_attention_reference(
+        x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads, eps
+    )
+
+
+@temporal_attention_op.register_fake
+def _temporal_attention_fake(x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias,
+                             heads, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("survgen::temporal_attention_backward", mutates_args=())
+def temporal_attention_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    num_frames: int,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: Optional[torch.Tensor],
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor,
+    heads: int,
+    eps: float,
+) -> list[torch.Tensor]:
+    """Gradients of x, norm_weight, norm_bias, qkv_weight, [qkv_bias,] out_weight, out_bias (qkv_bias's only if given)."""
+    tensors = [t for t in (x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias) if t is not None]
+
+    def forward(x, norm_weight, norm_bias, qkv_weight, *rest):
+        qkv_bias = rest[0] if len(rest) == 3 else None
+        out_weight, out_bias = rest[-2:]
+        return temporal_attention_reference(
+            x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads, eps
+        )
+
+    # torch.func.vjp rather than torch.autograd.grad: an op's implementation runs
+    # below the autograd dispatch key, where plain autograd records nothing.
+    _, vjp = torch.func.vjp(forward, *tensors)
+    return list(vjp(grad_out))
+
+
+@temporal_attention_backward_op.register_fake
+def _temporal_attention_backward_fake(grad_out, x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias,
+                                      out_weight, out_bias, heads, eps):
+    tensors = (x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias)
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors if t is not None]
+
+
+def _setup_context(ctx, inputs, output):
+    x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads, eps = inputs
+    ctx.save_for_backward(x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias)
+    ctx.num_frames, ctx.heads, ctx.eps = num_frames, heads, eps
+    ctx.has_qkv_bias = qkv_bias is not None
+
+
+def _backward(ctx, grad_out):
+    x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias = ctx.saved_tensors
+    grads = temporal_attention_backward_op(
+        grad_out.contiguous(), x, ctx.num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias,
+        ctx.heads, ctx.eps,
+    )
+    grad_x, grad_norm_weight, grad_norm_bias, grad_qkv_weight, *rest = grads
+    grad_qkv_bias = rest.pop(0) if ctx.has_qkv_bias else None
+    grad_out_weight, grad_out_bias = rest
+    # One entry per op input; the ints and the float (num_frames, heads, eps) have no gradient.
+    return (grad_x, None, grad_norm_weight, grad_norm_bias, grad_qkv_weight, grad_qkv_bias, grad_out_weight,
+            grad_out_bias, None, None)
+
+
+temporal_attention_op.register_autograd(_backward, setup_context=_setup_context)

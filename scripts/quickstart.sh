@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The main job on the embedded default, on a fresh machine: install, synthesise the
+# bundled dataset, train the tiny preset's VAE, stage 1 and stage 2 (rare class G7).
+# Everything lands in ./quickstart/; look at quickstart/*/samples/ and */loss.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/survgen ]; then
+  python3 -m venv .venv
+  . .venv/bin/activate
+  pip install -q torch==2.13.0
+  pip install -q setuptools wheel pybind11
+  pip install -q --no-build-isolation -e ".[dev]"
+else
+  . .venv/bin/activate
+fi
+
+OUT=${OUT:-quickstart}
+survgen info
+[ -d "$OUT/data" ] || survgen data synth --out "$OUT/data"
+survgen data stats "$OUT/data" --plot "$OUT/class_balance.png"
+survgen train-vae      --data "$OUT/data" --out "$OUT/vae"      --steps ${VAE_STEPS:-400}
+survgen train-spatial  --data "$OUT/data" --vae "$OUT/vae" --out "$OUT/spatial" --steps ${SPATIAL_STEPS:-600}
+survgen train-temporal --data "$OUT/data" --spatial "$OUT/spatial" --class G7 --out "$OUT/temporal-G7" --steps ${TEMPORAL_STEPS:-300}
+echo "samples: $OUT/spatial/samples/ and $OUT/temporal-G7/samples/" >&2

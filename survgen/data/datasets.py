@@ -1,0 +1,100 @@
+"""torch Datasets over a `VideoIndex`: 16-frame clips for stage 2 and the classifier, frames for stage 1.
+
+Pixels come out as float32 in [-1, 1], channels first. Frames are decoded
+with decord through `read_frames`, which keeps a few open readers per process
+(so DataLoader workers, forked or spawned, each open their own); the datasets
+themselves hold only the index, so they pickle cheaply to workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from survgen.data.index import DatasetError, VideoIndex
+from survgen.data.video import probe_video, read_frames
+
+
+def to_pixels(frames: np.ndarray, size: int | None) -> torch.Tensor:
+    """uint8 `(n, H, W, 3)` → float32 `(n, 3, size, size)` in [-1, 1] (bilinear, antialiased resize).
+
+    A non-square frame is stretched to the square rather than cropped, so
+    instruments at the frame's edges stay in view.
+    """
+    pixels = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).float()
+    if size is not None and tuple(pixels.shape[-2:]) != (size, size):
+        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return pixels.div_(127.5).sub_(1.0).clamp_(-1.0, 1.0)
+
+
+def _check_size(index: VideoIndex, size: int | None, videos: list[Path]) -> None:
+    if size is not None:
+        if int(size) != size or size < 1:
+            raise ValueError(f"size must be a positive whole number of pixels, got {size}")
+        return
+    shapes = {}
+    for video in videos:
+        info = index.videos.get(video) or probe_video(video)
+        shapes.setdefault((info.height, info.width), video)
+    if len(shapes) > 1:
+        listed = "; ".join(f"{w}x{h} in {p}" for (h, w), p in list(shapes.items())[:3])
+        raise DatasetError(f"{index.root}: videos differ in frame size ({listed}); pass size=N to resize all frames to N×N")
+
+
+class ClipDataset(Dataset):
+    """Item `i`: `{"pixels": float32 (clip_length, 3, H, W) in [-1, 1], "class_id": int}`."""
+
+    def __init__(self, index: VideoIndex, size: int | None = None):
+        if len(index) == 0:
+            raise DatasetError(f"{index.root}: the index holds no clips")
+        self.index = index
+        self.size = size
+        _check_size(index, size, sorted({c.video for c in index.clips}))
+
+    def __len__(self) -> int:
+        return len(self.index.clips)
+
+    def __getitem__(self, i: int) -> dict:
+        clip = self.index.clips[i]
+        frames = read_frames(clip.video, self.index.frames(clip))
+        return {"pixels": to_pixels(frames, self.size), "class_id": clip.class_id}
+
+
+class FrameDataset(Dataset):
+    """Single frames for stage 1: every frame that some clip of the index covers, each once.
+
+    Item `i`: `{"pixels": float32 (3, H, W) in [-1, 1], "class_id": int}`.
+    Taking the clips' frames (rather than only the labelled ones) means the
+    image model sees every frame the video model will later be trained on,
+    and only frames inside one labelled action, so each has one class prompt.
+    """
+
+    def __init__(self, index: VideoIndex, size: int | None = None):
+        if len(index) == 0:
+            raise DatasetError(f"{index.root}: the index holds no clips")
+        self.index = index
+        self.size = size
+        self.videos = sorted({c.video for c in index.clips}, key=str)
+        number = {video: k for k, video in enumerate(self.videos)}
+        frames: dict[tuple[int, int], int] = {}
+        for clip in index.clips:
+            for f in index.frames(clip):
+                frames[(number[clip.video], f)] = clip.class_id
+        keys = sorted(frames)
+        # Three flat arrays instead of a list of tuples: cheap to pickle to DataLoader workers.
+        self.video_numbers = np.array([v for v, _ in keys], dtype=np.int32)
+        self.frame_numbers = np.array([f for _, f in keys], dtype=np.int64)
+        self.class_ids = np.array([frames[k] for k in keys], dtype=np.int64)
+        _check_size(index, size, self.videos)
+
+    def __len__(self) -> int:
+        return len(self.frame_numbers)
+
+    def __getitem__(self, i: int) -> dict:
+        video = self.videos[int(self.video_numbers[i])]
+        frame = read_frames(video, [int(self.frame_numbers[i])])
+        return {"pixels": to_pixels(frame, self.size)[0], "class_id": int(self.class_ids[i])}

@@ -1,0 +1,205 @@
+"""Stage 2's video U-Net: the frozen 2D U-Net with a temporal block after each spatial layer.
+
+The frames of a video run through the spatial layers as a batch of images,
+`(b·f, c, h, w)`; after each resnet/attention pair of the down, mid and up
+blocks a `TemporalTransformerBlock` mixes information across the `f` frames at
+every spatial position. A learned class-label embedding is added to the
+timestep embedding. Every temporal output projection and the class embedding
+start at zero, so a fresh video U-Net reproduces the stage-1 image U-Net frame
+by frame; only the temporal blocks and the class embedding are trained.
+
+The forward pass walks diffusers' `UNet2DConditionModel` blocks in the same
+order as its own forward (resnets, attentions, samplers and skip connections
+are diffusers' modules, called the same way) and calls the temporal block at
+each insertion point. Supported blocks are SD's: CrossAttnDownBlock2D,
+DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D, UpBlock2D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from survgen.models.temporal import TemporalTransformerBlock
+
+SUPPORTED_DOWN = ("CrossAttnDownBlock2D", "DownBlock2D")
+SUPPORTED_MID = ("UNetMidBlock2DCrossAttn",)
+SUPPORTED_UP = ("CrossAttnUpBlock2D", "UpBlock2D")
+
+
+@dataclass
+class TemporalConfig:
+    """How the temporal layers are built. Saved next to the temporal weights."""
+
+    num_classes: int = 8
+    heads: int = 8  # attention heads at every level, as AnimateDiff's motion modules
+    attention_layers: int = 1  # self-attention sub-layers per temporal block (AnimateDiff uses 2)
+    mlp_ratio: int = 4
+    max_frames: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TemporalConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class VideoUNet(nn.Module):
+    """`UNet2DConditionModel` + temporal blocks + class embedding, on latents `(b, c, f, h, w)`."""
+
+    def __init__(self, unet: UNet2DConditionModel, config: TemporalConfig):
+        super().__init__()
+        self._check_supported(unet)
+        self.unet = unet
+        self.config = config
+        self.null_class = config.num_classes  # index of the "no class" embedding, for classifier-free guidance
+        time_embed_dim = unet.time_embedding.linear_2.out_features
+        self.class_embedding = nn.Embedding(config.num_classes + 1, time_embed_dim)
+        nn.init.zeros_(self.class_embedding.weight)
+
+        def block(channels: int) -> TemporalTransformerBlock:
+            return TemporalTransformerBlock(
+                channels,
+                heads=config.heads,
+                attention_layers=config.attention_layers,
+                mlp_ratio=config.mlp_ratio,
+                max_frames=config.max_frames,
+            )
+
+        out_channels = unet.config.block_out_channels
+        self.temporal_down = nn.ModuleList(
+            nn.ModuleList(block(out_channels[i]) for _ in b.resnets) for i, b in enumerate(unet.down_blocks)
+        )
+        self.temporal_mid = nn.ModuleList(block(out_channels[-1]) for _ in unet.mid_block.attentions)
+        reversed_channels = list(reversed(out_channels))
+        self.temporal_up = nn.ModuleList(
+            nn.ModuleList(block(reversed_channels[i]) for _ in b.resnets) for i, b in enumerate(unet.up_blocks)
+        )
+        self.gradient_checkpointing = False
+        self.freeze_spatial()
+
+    @staticmethod
+    def _check_supported(unet: UNet2DConditionModel) -> None:
+        kinds = (
+            [(type(b).__name__, SUPPORTED_DOWN) for b in unet.down_blocks]
+            + [(type(unet.mid_block).__name__, SUPPORTED_MID)]
+            + [(type(b).__name__, SUPPORTED_UP) for b in unet.up_blocks]
+        )
+        bad = [name for name, ok in kinds if name not in ok]
+        if bad:
+            raise ValueError(
+                f"VideoUNet supports Stable-Diffusion-style U-Nets; unsupported blocks: {', '.join(bad)}"
+            )
+        cfg = unet.config
+        if (cfg.class_embed_type or cfg.num_class_embeds or cfg.addition_embed_type or cfg.time_cond_proj_dim
+                or cfg.time_embedding_act_fn):
+            raise ValueError("VideoUNet expects a U-Net without its own class/addition embeddings")
+
+    # ------------------------------------------------------------------ parameters
+    def freeze_spatial(self) -> None:
+        """Stage 2 trains only the temporal blocks and the class embedding."""
+        self.unet.requires_grad_(False)
+        for p in self.temporal_parameters().values():
+            p.requires_grad_(True)
+
+    def temporal_parameters(self) -> dict[str, nn.Parameter]:
+        """The stage-2 parameters by name: every temporal block and the class embedding."""
+        return {n: p for n, p in self.named_parameters() if not n.startswith("unet.")}
+
+    def temporal_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.temporal_parameters().items()}
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.gradient_checkpointing = enabled
+
+    # ------------------------------------------------------------------ forward
+    def _temporal(self, block: TemporalTransformerBlock, hidden_states: torch.Tensor, num_frames: int):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, hidden_states, num_frames, use_reentrant=False)
+        return block(hidden_states, num_frames)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        class_labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Predict the diffusion target for video latents.
+
+        sample `(b, c, f, h, w)`; timestep `(b,)` or scalar; encoder_hidden_states
+        `(b, seq, d)` (one prompt per video); class_labels `(b,)` (use `null_class`
+        for the unconditional branch). Returns `(b, c, f, h, w)`.
+        """
+        if sample.ndim != 5:
+            raise ValueError(f"VideoUNet expects latents (b, c, f, h, w); got shape {tuple(sample.shape)}")
+        b, c, f, h, w = sample.shape
+        unet = self.unet
+        frames = sample.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        text = encoder_hidden_states.repeat_interleave(f, dim=0)
+
+        emb = unet.time_embedding(unet.get_time_embed(sample=frames, timestep=timestep))
+        emb = emb + self.class_embedding(class_labels).to(emb.dtype)
+        emb = emb.repeat_interleave(f, dim=0)
+
+        # Same upsample-size rule as UNet2DConditionModel for latents not divisible by 2**levels.
+        up_factor = 2**unet.num_upsamplers
+        forward_upsample_size = any(s % up_factor for s in (h, w))
+
+        x = unet.conv_in(frames)
+        skips = (x,)
+        for block, temporal in zip(unet.down_blocks, self.temporal_down):
+            attentions = getattr(block, "attentions", [None] * len(block.resnets))
+            for resnet, attn, tblock in zip(block.resnets, attentions, temporal):
+                x = resnet(x, emb)
+                if attn is not None:
+                    x = attn(x, encoder_hidden_states=text, return_dict=False)[0]
+                x = self._temporal(tblock, x, f)
+                skips += (x,)
+            if block.downsamplers is not None:
+                for downsampler in block.downsamplers:
+                    x = downsampler(x)
+                skips += (x,)
+
+        mid = unet.mid_block
+        x = mid.resnets[0](x, emb)
+        for attn, resnet, tblock in zip(mid.attentions, mid.resnets[1:], self.temporal_mid):
+            x = attn(x, encoder_hidden_states=text, return_dict=False)[0]
+            x = self._temporal(tblock, x, f)
+            x = resnet(x, emb)
+
+        for i, (block, temporal) in enumerate(zip(unet.up_blocks, self.temporal_up)):
+            is_final = i == len(unet.up_blocks) - 1
+            block_skips = skips[-len(block.resnets):]
+            skips = skips[: -len(block.resnets)]
+            upsample_size = skips[-1].shape[2:] if (forward_upsample_size and not is_final) else None
+            attentions = getattr(block, "attentions", [None] * len(block.resnets))
+            for resnet, attn, tblock in zip(block.resnets, attentions, temporal):
+                x = torch.cat([x, block_skips[-1]], dim=1)
+                block_skips = block_skips[:-1]
+                x = resnet(x, emb)
+                if attn is not None:
+                    x = attn(x, encoder_hidden_states=text, return_dict=False)[0]
+                x = self._temporal(tblock, x, f)
+            if block.upsamplers is not None:
+                for upsampler in block.upsamplers:
+                    x = upsampler(x, upsample_size)
+
+        if unet.conv_norm_out is not None:
+            x = unet.conv_act(unet.conv_norm_out(x))
+        x = unet.conv_out(x)
+        return x.reshape(b, f, -1, h, w).permute(0, 2, 1, 3, 4)
+
+
+# Per preset: sd15 follows AnimateDiff's motion modules (8 heads, two self-attention
+# sub-layers per block); tiny keeps one sub-layer so CPU training stays quick.
+TEMPORAL_PRESETS = {
+    "tiny": TemporalConfig(heads=4, attention_layers=1),
+    "sd15": TemporalConfig(heads=8, attention_layers=2),
+}

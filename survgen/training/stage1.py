@@ -1,0 +1,130 @@
+"""Stage 1: fine-tune the 2D latent diffusion U-Net on single frames paired with class prompts.
+
+One spatial model for all classes. Each frame's prompt is its class's
+("action recognition task of cutting the suture"); a fraction of prompts is
+replaced by the empty prompt so that classifier-free guidance has an
+unconditional branch. The VAE stays frozen; the text encoder is trained only
+when asked (the tiny preset's encoder starts from random weights, so it is on
+by default there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from survgen.data.datasets import FrameDataset
+from survgen.data.index import build_index
+from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction
+from survgen.models.spatial import SpatialModel, build_spatial, load_spatial, save_spatial
+from survgen.config import config_to_dict
+from survgen.runs import RunInfo, begin_run, read_run
+from survgen.training.loop import TrainConfig, train
+from survgen.training.previews import write_image_samples
+
+
+@dataclass
+class SpatialStageConfig:
+    preset: str = "tiny"
+    pretrained: str | None = None  # sd15: a local SD 1.5 folder/.safetensors; tiny: optional start point
+    tokenizer: str | None = None  # for single-file checkpoints
+    vae: str | None = None  # tiny: a `survgen train-vae` run folder
+    image_size: int = 64
+    train_text_encoder: bool | None = None  # None: on for tiny (random encoder), off for sd15
+    prompt_dropout: float = 0.1
+    clip_length: int = 16
+    frame_stride: int = 1
+    sample_steps: int = 25
+    sample_guidance: float = 3.0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class SpatialTrainee(nn.Module):
+    """Holds the stage-1 modules so the training loop sees one model."""
+
+    def __init__(self, spatial: SpatialModel):
+        super().__init__()
+        self.unet = spatial.unet
+        self.text_encoder = spatial.text_encoder
+        self.vae = spatial.vae
+
+
+def starting_model(cfg: SpatialStageConfig, vocabulary) -> SpatialModel:
+    spatial = build_spatial(cfg.preset, pretrained=cfg.pretrained, tokenizer_path=cfg.tokenizer,
+                            vocabulary=vocabulary, seed=cfg.train.seed)
+    if cfg.preset == "tiny" and cfg.pretrained is None:
+        if cfg.vae is None:
+            raise ValueError(
+                "the tiny preset needs a trained autoencoder: run `survgen train-vae --data DIR --out RUN_VAE` "
+                "first and pass --vae RUN_VAE"
+            )
+        vae_run = read_run(cfg.vae, stage="vae")
+        spatial.vae = load_spatial_vae(vae_run.model_dir)
+    return spatial
+
+
+def load_spatial_vae(folder: Path):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(folder, local_files_only=True)
+
+
+def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *, resume: bool = False,
+                  progress: bool = True):
+    """Run stage 1 into the run folder `out`; returns the training result."""
+    out = Path(out)
+    begin_run(out, "spatial", resume)
+    index = build_index(data, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride)
+    vocabulary = index.vocabulary
+    spatial = starting_model(cfg, vocabulary)
+    train_text = cfg.train_text_encoder if cfg.train_text_encoder is not None else cfg.preset == "tiny"
+
+    model = SpatialTrainee(spatial)
+    model.requires_grad_(False)
+    model.unet.requires_grad_(True)
+    model.text_encoder.requires_grad_(train_text)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    prompts = vocabulary.prompts() + [""]  # the last one is the null prompt
+    null_prompt = len(prompts) - 1
+    tokens = spatial.tokenizer(prompts, padding="max_length", max_length=spatial.tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt").input_ids
+
+    def loss_fn(model: SpatialTrainee, batch, generator):
+        pixels = batch["pixels"]
+        with torch.no_grad():
+            latents = model.vae.encode(pixels).latent_dist.sample(generator=generator) * spatial.latent_scale
+        noised = noise_for_v_prediction(spatial.noise_scheduler, latents, generator)
+        prompt_ids = drop_conditions(batch["class_id"], null_prompt, cfg.prompt_dropout, generator)
+        with torch.set_grad_enabled(train_text and torch.is_grad_enabled()):
+            text = model.text_encoder(tokens.to(pixels.device)[prompt_ids])[0]
+        pred = model.unet(noised.noisy, noised.timesteps, text).sample
+        return nn.functional.mse_loss(pred.float(), noised.target.float())
+
+    def on_sample(step: int, model: SpatialTrainee):
+        write_image_samples(spatial, out / "samples" / f"step-{step:06d}.png", vocabulary,
+                            steps=cfg.sample_steps, guidance=cfg.sample_guidance, seed=cfg.train.seed)
+
+    run = RunInfo(stage="spatial", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
+                  data=str(Path(data).resolve()), parent=cfg.pretrained or cfg.vae, extra={"status": "training"})
+    out.mkdir(parents=True, exist_ok=True)
+    run.save()
+    result = train(run_dir=out, model=model, trainable=trainable,
+                   dataset=FrameDataset(index, size=cfg.image_size), loss_fn=loss_fn, config=cfg.train,
+                   on_sample=on_sample, resume=resume, progress=progress,
+                   export=lambda model: save_spatial(spatial, out / "model"))
+    run.extra["status"] = "done"
+    run.save()
+    return result
+
+
+def load_spatial_run(path: str | Path) -> tuple[SpatialModel, RunInfo | None]:
+    """A stage-1 run folder's model, or any diffusers SD folder given directly."""
+    path = Path(path)
+    if (path / "run.json").exists():
+        run = read_run(path, stage="spatial")
+        return load_spatial(run.model_dir), run
+    return load_spatial(path), None

@@ -1,0 +1,96 @@
+"""Both training stages end to end on the tiny preset and the bundled synthetic data (small budgets)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from survgen.models.spatial import load_spatial
+from survgen.runs import RunFolderError, read_run
+from survgen.training.autoencoder import AutoencoderStageConfig, train_autoencoder
+from survgen.training.loop import TrainConfig
+from survgen.training.stage1 import SpatialStageConfig, train_spatial
+from survgen.training.stage2 import TemporalStageConfig, load_video_model, train_temporal
+
+
+def _train(**kw):
+    base = dict(batch_size=4, lr=1e-3, checkpoint_every=1000, sample_every=1000, log_every=1, ema_decay=0.0)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def vae_run(synth_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "vae"
+    train_autoencoder(synth_dataset, out, AutoencoderStageConfig(train=_train(steps=6, batch_size=8)), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def spatial_run(synth_dataset, vae_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "spatial"
+    cfg = SpatialStageConfig(vae=str(vae_run), sample_steps=2, train=_train(steps=30, batch_size=8, sample_every=30))
+    result = train_spatial(synth_dataset, out, cfg, progress=False)
+    return out, result
+
+
+def test_autoencoder_run_exports_a_scaled_vae(vae_run):
+    run = read_run(vae_run, stage="vae")
+    cfg = json.loads((run.model_dir / "config.json").read_text())
+    assert cfg["scaling_factor"] != 1.0 and cfg["scaling_factor"] > 0
+
+
+def test_spatial_stage_reduces_the_loss_and_exports_a_model(spatial_run):
+    out, result = spatial_run
+    losses = result.losses
+    assert len(losses) == 30
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8, losses
+    spatial = load_spatial(out / "model")
+    assert spatial.vae.config.scaling_factor != 1.0  # the trained VAE, not a fresh one
+    assert (out / "samples" / "step-000030.png").exists()
+    assert read_run(out, stage="spatial").extra["status"] == "done"
+
+
+def test_temporal_stage_freezes_spatial_weights_and_trains_only_temporal(synth_dataset, spatial_run, tmp_path):
+    spatial_out, _ = spatial_run
+    out = tmp_path / "temporal"
+    cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=_train(steps=4, batch_size=2, sample_every=4))
+    result = train_temporal(synth_dataset, spatial_out, out, cfg, progress=False)
+    assert len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+
+    weights = load_file(out / "model" / "temporal.safetensors")
+    assert weights and not any(k.startswith("unet.") for k in weights)
+    assert any(k.startswith("class_embedding") for k in weights)
+    # the spatial model on disk is untouched and the video model loads on top of it
+    video_unet, spatial, run = load_video_model(out)
+    original = load_spatial(spatial_out / "model")
+    for (n, a), (_, b) in zip(spatial.unet.named_parameters(), original.unet.named_parameters()):
+        assert torch.equal(a, b), n
+    assert run.extra["classes"] == ["G7"]
+    assert (out / "samples" / "step-000004" / "frames.png").exists()
+    assert list((out / "samples" / "step-000004").glob("G7-*.gif"))
+
+
+def test_temporal_resume_equals_uninterrupted(synth_dataset, spatial_run, tmp_path):
+    spatial_out, _ = spatial_run
+
+    def cfg(steps):
+        return TemporalStageConfig(classes=["G1"], train=_train(steps=steps, batch_size=2, checkpoint_every=2,
+                                                                 ema_decay=0.9))
+
+    whole = train_temporal(synth_dataset, spatial_out, tmp_path / "whole", cfg(4), progress=False)
+    train_temporal(synth_dataset, spatial_out, tmp_path / "parts", cfg(2), progress=False)
+    resumed = train_temporal(synth_dataset, spatial_out, tmp_path / "parts", cfg(4), resume=True, progress=False)
+    assert resumed.losses[-2:] == whole.losses[-2:]
+    a = load_file(tmp_path / "whole" / "model" / "temporal.safetensors")
+    b = load_file(tmp_path / "parts" / "model" / "temporal.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_stages_refuse_to_overwrite_and_check_the_run_stage(synth_dataset, spatial_run, vae_run, tmp_path):
+    spatial_out, _ = spatial_run
+    with pytest.raises(RunFolderError, match="not empty"):
+        train_spatial(synth_dataset, spatial_out, SpatialStageConfig(vae=str(vae_run)), progress=False)
+    with pytest.raises(RunFolderError, match="'vae' run"):
+        train_temporal(synth_dataset, vae_run, tmp_path / "t", TemporalStageConfig(), progress=False)
