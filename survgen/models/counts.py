@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from diffusers import AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from survgen.classes import ClassVocabulary
-from survgen.models.spatial import SD15_UNET_CONFIG, build_tiny
+from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, build_tiny
 from survgen.models.video_unet import TEMPORAL_PRESETS, VideoUNet
 
 
@@ -25,13 +27,10 @@ def preset_parameter_counts(preset: str, num_classes: int = len(ClassVocabulary(
             from diffusers import UNet2DConditionModel
 
             unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
-            vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                                block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)
-            text = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu", projection_dim=768))
+            vae = AutoencoderKL(**SD15_VAE_CONFIG)
+            text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG))
         else:
             raise ValueError(f"unknown preset {preset!r}; choose tiny or sd15")
-        from dataclasses import replace
-
         video = VideoUNet(unet, replace(TEMPORAL_PRESETS[preset], num_classes=num_classes))
     temporal = sum(p.numel() for n, p in video.temporal_parameters().items() if not n.startswith("class_embedding"))
     class_embedding = _count(video.class_embedding)

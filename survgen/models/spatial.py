@@ -101,6 +101,7 @@ def v_prediction_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
         beta_end=0.012,
         prediction_type="v_prediction",
         clip_sample=False,
+        steps_offset=1,  # as SD 1.5 ships it: inference timesteps end at t=1, not t=0
     )
 
 
@@ -194,12 +195,24 @@ SD15_UNET_CONFIG = dict(
     cross_attention_dim=768,
     attention_head_dim=8,
 )
-
-
-def sd15_unet_on_meta() -> UNet2DConditionModel:
-    """SD 1.5's U-Net with no weights allocated: for parameter counts and shapes only."""
-    with torch.device("meta"):
-        return UNet2DConditionModel(**SD15_UNET_CONFIG)
+SD15_VAE_CONFIG = dict(
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    scaling_factor=0.18215,
+)
+# CLIP ViT-L/14's text tower, as SD 1.5 ships it
+SD15_TEXT_CONFIG = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    max_position_embeddings=77,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
 
 
 def _check_folder(path: Path, parts: tuple[str, ...]) -> None:

@@ -141,10 +141,13 @@ class VideoUNet(nn.Module):
         b, c, f, h, w = sample.shape
         unet = self.unet
         frames = sample.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        if timestep.numel() not in (1, b):
+            raise ValueError(f"VideoUNet: {timestep.numel()} timesteps for {b} videos; pass one or one per video")
         text = encoder_hidden_states.repeat_interleave(f, dim=0)
 
-        emb = unet.time_embedding(unet.get_time_embed(sample=frames, timestep=timestep))
+        # one embedding per video (b rows), then shared by its f frames
+        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep.expand(b)))
         emb = emb + self.class_embedding(class_labels).to(emb.dtype)
         emb = emb.repeat_interleave(f, dim=0)
 
