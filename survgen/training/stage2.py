@@ -96,6 +96,7 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     )
     image_size = cfg.image_size or spatial.unet.config.sample_size * spatial.vae_downsample
 
+    torch.manual_seed(cfg.train.seed)  # the temporal blocks' initial weights are part of the run's seed
     video_unet = VideoUNet(spatial.unet, temporal)
     video_unet.enable_gradient_checkpointing(cfg.gradient_checkpointing)
     model = TemporalTrainee(video_unet, spatial)
