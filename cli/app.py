@@ -36,10 +36,11 @@ Steps = Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimizer 
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Samples per step and process.")]
 LearningRate = Annotated[Optional[float], typer.Option("--lr", min=0.0, help="AdamW learning rate.")]
 GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", min=1, help="Gradient accumulation steps.")]
-MixedPrecision = Annotated[Optional[str], typer.Option("--mixed-precision", help="no | fp16 | bf16.")]
+MixedPrecision = Annotated[Optional[str], typer.Option("--mixed-precision", help="auto | no | fp16 | bf16 (auto: bf16 on a GPU that supports it).")]
 EmaDecay = Annotated[Optional[float], typer.Option("--ema-decay", min=0.0, max=1.0, help="EMA decay (0 disables).")]
 CheckpointEvery = Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")]
 SampleEvery = Annotated[Optional[int], typer.Option("--sample-every", min=1, help="Steps between sample grids.")]
+SampleSteps = Annotated[Optional[int], typer.Option("--sample-steps", min=1, help="Sampler steps for those samples.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (data order, noise, init).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 
@@ -181,7 +182,7 @@ def train_spatial(
                                                                help="Fine-tune the text encoder too (default: tiny yes, sd15 no).")] = None,
     steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
     mixed_precision: MixedPrecision = None, ema_decay: EmaDecay = None, checkpoint_every: CheckpointEvery = None,
-    sample_every: SampleEvery = None, seed: Seed = None, quiet: Quiet = False,
+    sample_every: SampleEvery = None, sample_steps: SampleSteps = None, seed: Seed = None, quiet: Quiet = False,
 ):
     """Stage 1: fine-tune the 2D latent diffusion U-Net on frames paired with class prompts.
 
@@ -192,7 +193,7 @@ def train_spatial(
     from survgen.training.stage1 import SpatialStageConfig, train_spatial as run_stage
 
     overrides = dict(preset=preset, pretrained=pretrained, tokenizer=tokenizer, vae=vae, image_size=image_size,
-                     train_text_encoder=train_text_encoder,
+                     train_text_encoder=train_text_encoder, sample_steps=sample_steps,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay,
                                         checkpoint_every, sample_every, seed))
     cfg, stored = _stage_config(SpatialStageConfig, out, "spatial", resume, overrides)
@@ -212,7 +213,7 @@ def train_temporal(
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")] = None,
     steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
     mixed_precision: MixedPrecision = None, ema_decay: EmaDecay = None, checkpoint_every: CheckpointEvery = None,
-    sample_every: SampleEvery = None, seed: Seed = None, quiet: Quiet = False,
+    sample_every: SampleEvery = None, sample_steps: SampleSteps = None, seed: Seed = None, quiet: Quiet = False,
 ):
     """Stage 2: freeze the spatial model, train temporal blocks + class embedding on clips of a class.
 
@@ -221,7 +222,7 @@ def train_temporal(
     from survgen.training.stage2 import TemporalStageConfig, train_temporal as run_stage
 
     overrides = dict(classes=classes or None, attention_layers=attention_layers,
-                     gradient_checkpointing=gradient_checkpointing,
+                     gradient_checkpointing=gradient_checkpointing, sample_steps=sample_steps,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay,
                                         checkpoint_every, sample_every, seed))
     cfg, stored = _stage_config(TemporalStageConfig, out, "temporal", resume, overrides)
@@ -246,6 +247,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also silences diffusers/transformers loaders
     app()
 
 

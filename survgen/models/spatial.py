@@ -278,22 +278,15 @@ def _load_single_file(path: Path, tokenizer_path: str | Path | None) -> SpatialM
     checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
     unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
     unet.load_state_dict(convert_ldm_unet_checkpoint(checkpoint, unet.config))
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
+    vae = AutoencoderKL(**SD15_VAE_CONFIG, sample_size=512)
     vae.load_state_dict(convert_ldm_vae_checkpoint(checkpoint, vae.config))
-    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu", projection_dim=768))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG))
     text_state = convert_ldm_clip_checkpoint(checkpoint)
-    text_state.pop("text_model.embeddings.position_ids", None)
-    text_encoder.load_state_dict(text_state, strict=False)
+    text_state.pop("text_model.embeddings.position_ids", None)  # a buffer in older transformers, gone in newer
+    missing, unexpected = text_encoder.load_state_dict(text_state, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(f"{path}: the text encoder weights are not CLIP ViT-L/14's (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}); is this a Stable Diffusion 1.x checkpoint?")
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
     return SpatialModel(vae, text_encoder, tokenizer, unet, v_prediction_scheduler())
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -224,7 +225,7 @@ class MetricsLog:
         plt.close(fig)
 
 
-def _progress_bar(enabled: bool):
+def _progress_bar(enabled: bool, console):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -232,7 +233,7 @@ def _progress_bar(enabled: bool):
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        disable=not enabled,
+        console=console, disable=not enabled,
     )
 
 
@@ -324,7 +325,11 @@ def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Para
     ))
     model.train()
     started, started_step = time.perf_counter(), step
-    with _progress_bar(progress and accelerator.is_main_process) as bar:
+    console = Console(stderr=True)
+    show = progress and accelerator.is_main_process
+    # In a log file (no terminal) a live bar cannot redraw: print a plain line every 5 % instead.
+    plain_every = None if console.is_terminal else max(1, config.steps // 20)
+    with _progress_bar(show and console.is_terminal, console) as bar:
         task = bar.add_task(run_dir.name, total=config.steps, completed=step, loss="-", rate="-")
         while step < config.steps:
             total = torch.zeros((), device=accelerator.device)
@@ -356,6 +361,10 @@ def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Para
 
             rate = (step - started_step) / (time.perf_counter() - started)
             bar.update(task, completed=step, loss=f"{loss_value:.4f}", rate=f"{rate:.2f}")
+            if show and plain_every and (step % plain_every == 0 or step == config.steps):
+                eta = (config.steps - step) / rate if rate > 0 else float("nan")
+                console.print(f"{run_dir.name}: step {step}/{config.steps}  loss {loss_value:.4f}  "
+                              f"{rate:.2f} it/s  ETA {eta:.0f} s", highlight=False)
             if accelerator.is_main_process and (step % config.log_every == 0 or step == config.steps):
                 metrics.append({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                                 "it_per_s": round(rate, 3)})

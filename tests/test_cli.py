@@ -1,0 +1,72 @@
+"""The `survgen` command line: help, info, the three training commands end to end, resume, and user errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from survgen.cli.app import app
+from survgen.runs import read_run
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_every_command_with_a_description():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("info", "train-vae", "train-spatial", "train-temporal", "data"):
+        assert command in result.output
+
+
+def test_info_reports_versions_backends_and_parameter_counts():
+    result = invoke("info", "--preset", "tiny", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["survgen"] and report["torch"].startswith("2.")
+    assert report["attention_backends"]["reference"] == "available"
+    assert "cuda" in report["attention_backends"]  # present, with the reason it is unavailable here
+    counts = report["parameters"]
+    assert counts["total"] == counts["spatial_unet"] + counts["vae"] + counts["text_encoder"] + counts["stage2_trainable"]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(synth_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    fast = ["--steps", 3, "--batch-size", 4, "--sample-every", 3, "--quiet"]
+    assert invoke("train-vae", "--data", synth_dataset, "--out", root / "vae", *fast).exit_code == 0
+    result = invoke("train-spatial", "--data", synth_dataset, "--vae", root / "vae", "--out", root / "spatial", *fast,
+                    "--sample-steps", 2)
+    assert result.exit_code == 0
+    return root
+
+
+def test_a_temporal_run_resumes_from_its_folder_alone(synth_dataset, cli_runs):
+    out = cli_runs / "temporal"
+    result = invoke("train-temporal", "--data", synth_dataset, "--spatial", cli_runs / "spatial", "--class", "G7",
+                    "--out", out, "--steps", 2, "--batch-size", 2, "--sample-steps", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith(str(out))
+    # no --data, --spatial or --class: the run folder remembers them
+    result = invoke("train-temporal", "--out", out, "--resume", "--steps", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+    run = read_run(out, stage="temporal")
+    assert run.options["train"]["steps"] == 3 and run.options["classes"] == ["G7"]
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [2, 3]  # every 10th step and the last
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train-temporal", "--class", "G9"], "G9"),
+    (["train-temporal", "--class", "G7"], "--spatial is required"),
+    (["train-spatial"], "not empty"),
+    (["train-temporal", "--resume"], "nothing to resume"),
+])
+def test_user_errors_end_with_a_one_line_message_and_exit_code_2(synth_dataset, cli_runs, tmp_path, args, message):
+    out = cli_runs / "spatial" if "not empty" in message else tmp_path / "run"
+    extra = ["--spatial", cli_runs / "spatial"] if "G9" in args else []
+    result = runner.invoke(app, [*args, "--data", str(synth_dataset), "--out", str(out), *map(str, extra)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
