@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from survgen.io import write_json_atomic
+
 SAR_RARP50_ACTIONS = (
     "other",
     "picking up the needle",
@@ -42,6 +44,7 @@ class ClassVocabulary:
     _by_key: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "names", tuple(self.names))  # a list from JSON or a caller compares equal
         if not self.names:
             raise ValueError("a class vocabulary needs at least one class name")
         if "{name}" not in self.prompt_template:
@@ -82,8 +85,11 @@ class ClassVocabulary:
         if isinstance(key, int):
             self._check_id(key)
             return key
-        found = self._by_key.get(str(key).strip().lower())
-        if found is None:
+        text = str(key).strip().lower()
+        prefix = self.code_prefix.lower()
+        digits = text[len(prefix):] if text.startswith(prefix) else text
+        found = int(digits) if digits.isdigit() else self._by_key.get(text)  # "7", "07", "G07": an id
+        if found is None or not 0 <= found < len(self.names):
             known = ", ".join(f"{self.code(i)} ({n})" for i, n in enumerate(self.names))
             raise UnknownClassError(f"unknown class {key!r}; known classes: {known}")
         return found
@@ -108,7 +114,7 @@ class ClassVocabulary:
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CLASSES_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
         return path
 
     @classmethod
