@@ -14,3 +14,44 @@ SYNTH_OPTIONS = dict(num_videos=12, frames_per_video=160, size=64, seed=0)
 def synth_dataset(tmp_path_factory) -> Path:
     """Root of a small SAR-RARP50-layout procedural dataset (read-only: copy before changing it)."""
     return synthesize_dataset(tmp_path_factory.mktemp("data") / "synth", **SYNTH_OPTIONS)
+
+
+def fast_train(**kw):
+    """Training options for tests: small batches, no EMA, no checkpoints or samples unless asked."""
+    from survgen.training.loop import TrainConfig
+
+    base = dict(batch_size=4, lr=1e-3, checkpoint_every=1000, sample_every=1000, log_every=1, ema_decay=0.0)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def vae_run(synth_dataset, tmp_path_factory):
+    from survgen.training.autoencoder import AutoencoderStageConfig, train_autoencoder
+
+    out = tmp_path_factory.mktemp("runs") / "vae"
+    train_autoencoder(synth_dataset, out, AutoencoderStageConfig(train=fast_train(steps=6, batch_size=8)),
+                      progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def spatial_run(synth_dataset, vae_run, tmp_path_factory):
+    """A stage-1 run (30 steps) and its training result."""
+    from survgen.training.stage1 import SpatialStageConfig, train_spatial
+
+    out = tmp_path_factory.mktemp("runs") / "spatial"
+    cfg = SpatialStageConfig(vae=str(vae_run), sample_steps=2,
+                             train=fast_train(steps=30, batch_size=8, sample_every=30))
+    result = train_spatial(synth_dataset, out, cfg, progress=False)
+    return out, result
+
+
+@pytest.fixture(scope="session")
+def temporal_run(synth_dataset, spatial_run, tmp_path_factory):
+    """A stage-2 run for G7 (a few steps: enough to generate from, not to look good)."""
+    from survgen.training.stage2 import TemporalStageConfig, train_temporal
+
+    out = tmp_path_factory.mktemp("runs") / "temporal-G7"
+    cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=fast_train(steps=2, batch_size=2))
+    train_temporal(synth_dataset, spatial_run[0], out, cfg, progress=False)
+    return out

@@ -292,10 +292,10 @@ def test_csv_layout_with_ids_codes_names_and_exclusive_end(tmp_path, synth_datas
     index = build_index(root)
     assert index.layout == "csv"
     by_class = index.class_counts()
-    # A clip [c-8, c+8) around a centre c on the 6-frame grid must fit its segment (end exclusive):
-    # [0, 40): c = 12, 18, 24, 30 -> 4 clips; [40, 56): c = 48 -> [40, 56) just fits -> 1 clip;
-    # [56, 71): c = 66 -> [58, 74) overruns 71 -> no clip.
-    assert by_class[7] == 4 and by_class[6] == 1 and by_class[5] == 0
+    # In the CSV layout clips start at their segment's start, every 6 frames, and must fit it (end exclusive):
+    # [0, 40): [0,16) [6,22) [12,28) [18,34) [24,40) -> 5 clips; [40, 56): [40, 56) just fits -> 1 clip;
+    # [56, 71): [56, 72) overruns 71 -> no clip.
+    assert by_class[7] == 5 and by_class[6] == 1 and by_class[5] == 0
     assert by_class[2] > 0 and by_class[3] == 0
     assert all(c.video_id in ("clips/a", "clips/b") for c in index.clips)
     text = "\n".join(index.warnings)

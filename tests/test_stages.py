@@ -8,30 +8,9 @@ from safetensors.torch import load_file
 
 from survgen.models.spatial import load_spatial
 from survgen.runs import RunFolderError, read_run
-from survgen.training.autoencoder import AutoencoderStageConfig, train_autoencoder
-from survgen.training.loop import TrainConfig
+from conftest import fast_train
 from survgen.training.stage1 import SpatialStageConfig, train_spatial
 from survgen.training.stage2 import TemporalStageConfig, load_video_model, train_temporal
-
-
-def _train(**kw):
-    base = dict(batch_size=4, lr=1e-3, checkpoint_every=1000, sample_every=1000, log_every=1, ema_decay=0.0)
-    return TrainConfig(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def vae_run(synth_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "vae"
-    train_autoencoder(synth_dataset, out, AutoencoderStageConfig(train=_train(steps=6, batch_size=8)), progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def spatial_run(synth_dataset, vae_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "spatial"
-    cfg = SpatialStageConfig(vae=str(vae_run), sample_steps=2, train=_train(steps=30, batch_size=8, sample_every=30))
-    result = train_spatial(synth_dataset, out, cfg, progress=False)
-    return out, result
 
 
 def test_autoencoder_run_exports_a_scaled_vae(vae_run):
@@ -54,7 +33,7 @@ def test_spatial_stage_reduces_the_loss_and_exports_a_model(spatial_run):
 def test_temporal_stage_freezes_spatial_weights_and_trains_only_temporal(synth_dataset, spatial_run, tmp_path):
     spatial_out, _ = spatial_run
     out = tmp_path / "temporal"
-    cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=_train(steps=4, batch_size=2, sample_every=4))
+    cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=fast_train(steps=4, batch_size=2, sample_every=4))
     result = train_temporal(synth_dataset, spatial_out, out, cfg, progress=False)
     assert len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
 
@@ -75,7 +54,7 @@ def test_temporal_resume_equals_uninterrupted(synth_dataset, spatial_run, tmp_pa
     spatial_out, _ = spatial_run
 
     def cfg(steps):
-        return TemporalStageConfig(classes=["G1"], train=_train(steps=steps, batch_size=2, checkpoint_every=2,
+        return TemporalStageConfig(classes=["G1"], train=fast_train(steps=steps, batch_size=2, checkpoint_every=2,
                                                                  ema_decay=0.9))
 
     whole = train_temporal(synth_dataset, spatial_out, tmp_path / "whole", cfg(4), progress=False)

@@ -15,7 +15,8 @@ built once from one of two layouts:
 
 A clip is `clip_length` frames, `frame_stride` apart, centred on a frame of
 the grid 0, `clip_step`, 2·`clip_step`, … (SAR-RARP50's labelled frames for
-the default step of 6), kept only when the whole clip lies inside one labelled
+the default step of 6; in the CSV layout the grid starts at each segment's
+first clip, so a segment exactly one clip long gives that clip), kept only when the whole clip lies inside one labelled
 segment, so it shows one action. Its frames are `range(start, end, frame_stride)`.
 
 Bad input never stops the rest of the dataset from loading: an unreadable or
@@ -205,7 +206,8 @@ def build_index(
         videos, segments = _read_csv_layout(root, csv_path, vocabulary, warnings)
         where = f"{csv_path} (videos under {root})"
 
-    clips = _clips(videos, segments, clip_length, frame_stride, clip_step, vocabulary, warnings)
+    clips = _clips(videos, segments, clip_length, frame_stride, clip_step, vocabulary, warnings,
+                   grid_from_segment_start=layout == "csv")
     if not clips:
         detail = ""
         if warnings:
@@ -391,7 +393,8 @@ def _read_csv_layout(root: Path, csv_path: Path, vocabulary: ClassVocabulary, wa
 
 
 def _clips(videos: dict[Path, VideoInfo], segments: list[Segment], clip_length: int, frame_stride: int,
-           clip_step: int, vocabulary: ClassVocabulary, warnings: _Warnings) -> list[ClipRecord]:
+           clip_step: int, vocabulary: ClassVocabulary, warnings: _Warnings, *,
+           grid_from_segment_start: bool) -> list[ClipRecord]:
     span = (clip_length - 1) * frame_stride + 1  # frames from a clip's first to its last, inclusive
     before = (clip_length // 2) * frame_stride  # frames from a clip's start to its centre
     clips: list[ClipRecord] = []
@@ -401,7 +404,10 @@ def _clips(videos: dict[Path, VideoInfo], segments: list[Segment], clip_length: 
     for video, info in videos.items():
         made, short = 0, []
         for segment in by_video.get(video, []):
-            first_centre = -(-(segment.start + before) // clip_step) * clip_step  # ceil to the grid
+            if grid_from_segment_start:  # CSV segments are arbitrary: the first clip starts with the segment
+                first_centre = segment.start + before
+            else:  # SAR-RARP50: centres on the labelled frames 0, 6, 12, ...
+                first_centre = -(-(segment.start + before) // clip_step) * clip_step
             centre, n = first_centre, 0
             while centre - before + span <= min(segment.end, info.num_frames):
                 start = centre - before

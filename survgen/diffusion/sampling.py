@@ -32,23 +32,22 @@ def make_sampler(name: str, training_scheduler_config) -> SchedulerMixin:
 def sample_latents(
     predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     scheduler: SchedulerMixin,
-    shape: tuple[int, ...],
+    noise: torch.Tensor,
     *,
     steps: int,
     guidance: float,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Run the reverse process from Gaussian noise of `shape` with classifier-free guidance.
+    """Run the reverse process from the standard Gaussian `noise` with classifier-free guidance.
 
+    The caller draws `noise` (one generator per video makes each video a function of its
+    own seed, whatever batch it lands in); both samplers are deterministic from there.
     guidance = 1 still evaluates both branches' batch layout but uses only the
     conditional output, so the result does not depend on the guidance path taken.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    scheduler.set_timesteps(steps, device=device)
-    x = torch.randn(shape, generator=generator, dtype=dtype).to(device) * scheduler.init_noise_sigma
+    scheduler.set_timesteps(steps, device=noise.device)
+    x = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
         uncond, cond = predict(model_in, t).chunk(2)

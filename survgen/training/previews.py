@@ -8,6 +8,7 @@ import torch
 
 from survgen.classes import ClassVocabulary
 from survgen.diffusion.sampling import make_sampler, sample_latents
+from survgen.generation.sampler import VideoSampler, initial_noise
 from survgen.models.spatial import SpatialModel
 from survgen.visualize import grid, save_png, to_uint8
 
@@ -30,9 +31,9 @@ def write_image_samples(spatial: SpatialModel, path: Path, vocabulary: ClassVoca
     def predict(x, t):
         return unet(x, t, torch.cat([uncond, cond])).sample
 
-    generator = torch.Generator().manual_seed(seed)
-    latents = sample_latents(predict, make_sampler("ddim", spatial.noise_scheduler.config), shape,
-                             steps=steps, guidance=guidance, generator=generator, device=device)
+    noise = initial_noise([seed * 1000 + i for i in range(shape[0])], shape[1:], device)
+    latents = sample_latents(predict, make_sampler("ddim", spatial.noise_scheduler.config), noise,
+                             steps=steps, guidance=guidance)
     decoded = to_uint8(spatial.decode_latents(latents))
     images = decoded.reshape(len(prompts), per_class, *decoded.shape[1:])
     unet.train(was_training)
@@ -40,34 +41,17 @@ def write_image_samples(spatial: SpatialModel, path: Path, vocabulary: ClassVoca
     return save_png(grid(list(images), labels), path)
 
 
-@torch.no_grad()
 def write_video_samples(video_unet, spatial: SpatialModel, folder: Path, vocabulary: ClassVocabulary,
                         class_ids: list[int], *, per_class: int = 2, num_frames: int = 16, steps: int = 25,
                         guidance: float = 3.0, seed: int = 0) -> Path:
     """Sample `per_class` videos of each class: a GIF each and one PNG with a row of frames per video."""
     from survgen.data.video import write_video
 
-    was_training = video_unet.training
-    video_unet.eval()
-    device = next(video_unet.parameters()).device
-    labels = torch.tensor(class_ids, device=device).repeat_interleave(per_class)
-    text = spatial.encode_prompts(vocabulary.prompts() + [""])
-    cond_text, uncond_text = text[labels], text[-1:].expand(len(labels), -1, -1)
-    null = torch.full_like(labels, video_unet.null_class)
-    unet_cfg = video_unet.unet.config
-    shape = (len(labels), unet_cfg.in_channels, num_frames, unet_cfg.sample_size, unet_cfg.sample_size)
-
-    def predict(x, t):
-        return video_unet(x, t, torch.cat([uncond_text, cond_text]), torch.cat([null, labels]))
-
-    generator = torch.Generator().manual_seed(seed)
-    latents = sample_latents(predict, make_sampler("ddim", spatial.noise_scheduler.config), shape,
-                             steps=steps, guidance=guidance, generator=generator, device=device)
-    frames = spatial.decode_latents(latents.transpose(1, 2).flatten(0, 1))  # (b·f, 3, H, W)
-    decoded = to_uint8(frames)
-    videos = decoded.reshape(len(labels), num_frames, *decoded.shape[1:])
-    video_unet.train(was_training)
-    names = [f"{vocabulary.code(int(c))}-{i % per_class}" for i, c in enumerate(labels.tolist())]
+    labels = [c for c in class_ids for _ in range(per_class)]
+    seeds = [seed * 1000 + i for i in range(len(labels))]
+    videos = to_uint8(VideoSampler(video_unet, spatial, vocabulary).sample(
+        labels, seeds, num_frames=num_frames, steps=steps, guidance=guidance))
+    names = [f"{vocabulary.code(c)}-{i % per_class}" for i, c in enumerate(labels)]
     for name, video in zip(names, videos):
         write_video(folder / f"{name}.gif", video, fps=8)
     return save_png(grid(list(videos), names), folder / "frames.png")

@@ -1,0 +1,54 @@
+"""`survgen generate`: the user's main job (registered on the app in cli/app.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+err = Console(stderr=True)
+
+
+def generate_command(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (re-run the same command to continue it).")],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Stage-2 run folder (`survgen train-temporal`); default: the shipped tiny model.")] = None,
+    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Classifier run folder (`survgen train-classifier`); default: the shipped one with the shipped model.")] = None,
+    classes: Annotated[Optional[list[str]], typer.Option("--class", help="Class to generate, by code (G7), id or name; repeatable.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Accepted videos per class.")] = 8,
+    reject_topk: Annotated[int, typer.Option("--reject-topk", help="Keep a video iff its class is in the classifier's top-k; 0 keeps all.")] = 3,
+    max_candidates: Annotated[Optional[int], typer.Option("--max-candidates", help="Cap on candidates per class (default 20 × n).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Videos per forward pass.")] = 4,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddim | dpm++.")] = "ddim",
+    steps: Annotated[int, typer.Option("--steps", help="Sampler steps.")] = 25,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")] = 3.0,
+    frames: Annotated[int, typer.Option("--frames", help="Frames per video.")] = 16,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written videos.")] = 8.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed; each video's own seed is in the manifest.")] = 0,
+    gif: Annotated[bool, typer.Option("--gif", help="Also write a GIF of every kept video.")] = False,
+    keep_rejected: Annotated[bool, typer.Option("--keep-rejected", help="Write rejected videos under rejected/.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+):
+    """Generate videos of rare classes, keeping those the classifier recognises (rejection sampling).
+
+    Example: survgen generate --model runs/temporal-G7 --classifier runs/classifier --class G7 --n 500 --reject-topk 3 --out gen/G7
+    """
+    from survgen.generation.run import GenerationConfig, GenerationError, generate
+
+    if model is None:
+        raise GenerationError("--model is required: a `survgen train-temporal` run folder")
+    cfg = GenerationConfig(classes=classes or ["G7"], n=n, reject_topk=reject_topk, max_candidates=max_candidates,
+                           batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance,
+                           num_frames=frames, fps=fps, seed=seed, gif=gif, keep_rejected=keep_rejected)
+    manifest = generate(model, out, cfg, classifier=classifier if reject_topk > 0 or classifier else None,
+                        progress=not quiet)
+    table = Table(title=f"generated into {out}")
+    for column in ("class", "accepted", "candidates", "acceptance"):
+        table.add_column(column, justify="right")
+    for code, s in manifest["summary"]["per_class"].items():
+        rate = f"{s['acceptance_rate']:.0%}" if s["acceptance_rate"] is not None else "-"
+        table.add_row(code, str(s["accepted"]), str(s["candidates"]), rate)
+    err.print(table)
+    typer.echo(str(out))

@@ -1,0 +1,1 @@
+"""Generation: class-conditioned videos from a stage-2 run, filtered by rejection sampling."""

@@ -1,0 +1,150 @@
+"""Generation with rejection sampling: the rule, determinism, the output folder, resume, and bad requests."""
+
+import csv
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from survgen.classes import ClassVocabulary
+from survgen.data.index import build_index
+from survgen.generation.run import GenerationConfig, GenerationError, accepted, candidate_seed, generate
+from survgen.generation.sampler import VideoSampler
+from survgen.training.stage2 import load_video_model
+
+G0, G3, G7 = 0, 3, 7
+
+
+class ScriptedClassifier(nn.Module):
+    """A stand-in judge with known outputs: call k ranks `rankings[k % len]` (most probable first)."""
+
+    def __init__(self, *rankings, stop_at_call=None):
+        super().__init__()
+        self.config = SimpleNamespace(image_size=32, clip_length=16)
+        self.rankings, self.stop_at_call, self.calls, self.shapes = rankings, stop_at_call, 0, []
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives the judge a device
+
+    def forward(self, x):
+        if self.calls == self.stop_at_call:
+            raise KeyboardInterrupt  # stands in for a kill in the middle of a run
+        self.shapes.append(tuple(x.shape))
+        logits = torch.zeros(8)
+        for rank, c in enumerate(self.rankings[self.calls % len(self.rankings)]):
+            logits[c] = 10.0 - 3 * rank
+        self.calls += 1
+        return logits.expand(len(x), -1)
+
+
+@pytest.fixture(scope="module")
+def video_model(temporal_run):
+    return load_video_model(temporal_run)
+
+
+def run(video_model, temporal_run, out, judge=None, **options):
+    cfg = GenerationConfig(**{"classes": ["G7"], "n": 3, "batch_size": 2, "steps": 2, **options})
+    loaded = (video_model, (judge, ClassVocabulary()) if judge is not None else None)
+    return generate(temporal_run, out, cfg, classifier="scripted" if judge is not None else None,
+                    progress=False, loaded=loaded)
+
+
+def test_a_video_is_kept_iff_its_class_is_in_the_top_k():
+    p = torch.tensor([0.05, 0.5, 0.1, 0.35])
+    assert accepted(p, 1, 1) and not accepted(p, 3, 1)
+    assert accepted(p, 3, 2) and not accepted(p, 2, 2)
+    assert accepted(p, 2, 3) and not accepted(p, 0, 3)
+    assert accepted(p, 0, 0)  # top-k 0: no rejection
+
+
+def test_each_video_depends_only_on_its_seed(video_model):
+    video_unet, spatial, run_info = video_model
+    sampler = VideoSampler(video_unet, spatial, run_info.vocabulary)
+    pair = sampler.sample([G7, G7], [11, 12], steps=2, num_frames=8)
+    alone = sampler.sample([G7], [12], steps=2, num_frames=8)
+    again = sampler.sample([G7], [12], steps=2, num_frames=8)
+    assert pair.shape == (2, 8, 3, 64, 64) and pair.min() >= -1 and pair.max() <= 1
+    assert torch.equal(alone, again)
+    torch.testing.assert_close(pair[1], alone[0], atol=1e-4, rtol=0)  # batch-mates do not matter
+    assert (pair[0] - pair[1]).abs().mean() > 1e-3
+    dpm = sampler.sample([G7], [12], steps=2, num_frames=8, sampler="dpm++")
+    assert not torch.equal(dpm, alone)
+
+
+def test_rejection_keeps_only_recognised_videos_and_writes_a_mergeable_dataset(video_model, temporal_run, tmp_path):
+    judge = ScriptedClassifier([G7, G3], *[[G3, G7]] * 8)  # only the first of 9 candidates is recognised
+    out = tmp_path / "gen"
+    manifest = run(video_model, temporal_run, out, judge, reject_topk=1, batch_size=1, max_candidates=9,
+                   keep_rejected=True)
+    kept = [v for v in manifest["videos"] if v["accepted"]]
+    assert len(kept) == 1 and len(manifest["videos"]) == 9  # then the cap stops it
+    summary = manifest["summary"]["per_class"]["G7"]
+    assert summary == {"accepted": 1, "candidates": 9, "acceptance_rate": round(1 / 9, 4),
+                       "complete": False}
+    assert judge.shapes[0] == (1, 16, 3, 32, 32)  # resized to the classifier's input size
+    first = manifest["videos"][0]
+    for key in ("file", "class", "class_name", "prompt", "seed", "sampler", "steps", "guidance",
+                "classifier_topk", "probability_of_class", "accepted"):
+        assert key in first, key
+    assert first["prompt"] == "action recognition task of returning/dropping the needle"
+    assert first["seed"] == candidate_seed(0, G7, 0)
+    assert manifest["model"]["temporal_sha256"] and len(manifest["model"]["temporal_sha256"]) == 64
+    assert (out / kept[0]["file"]).exists() and kept[0]["file"].startswith("videos/")
+    assert len(list((out / "rejected").glob("*.mp4"))) == 8
+    assert (out / "contact_sheet.png").exists()
+    # the kept videos form a dataset in the CSV layout that the loader reads like real data
+    rows = list(csv.DictReader((out / "labels.csv").open()))
+    assert [r["video"] for r in rows] == [kept[0]["file"]]
+    index = build_index(out, clip_length=16)
+    assert index.class_counts()[G7] == 1 and sum(index.class_counts().values()) == 1
+
+
+def test_no_rejection_keeps_every_video(video_model, temporal_run, tmp_path):
+    manifest = run(video_model, temporal_run, tmp_path / "gen", reject_topk=0, n=2, gif=True)
+    assert [v["accepted"] for v in manifest["videos"]] == [True, True]
+    assert len(list((tmp_path / "gen" / "videos").glob("*.gif"))) == 2
+
+
+def test_an_interrupted_run_resumes_to_exactly_n_videos_with_no_seed_twice(video_model, temporal_run, tmp_path):
+    out = tmp_path / "gen"
+    alternate = ([G7, G3], [G3, G0])
+    with pytest.raises(KeyboardInterrupt):
+        run(video_model, temporal_run, out, ScriptedClassifier(*alternate, stop_at_call=2), n=4, reject_topk=1)
+    before = json.loads((out / "manifest.json").read_text())["videos"]
+    assert len(before) == 4  # two finished batches of two survive the kill
+    manifest = run(video_model, temporal_run, out, ScriptedClassifier(*alternate), n=4, reject_topk=1)
+    videos = manifest["videos"]
+    assert videos[: len(before)] == before  # nothing recorded is regenerated or changed
+    assert sum(v["accepted"] for v in videos) == 4
+    seeds = [v["seed"] for v in videos]
+    assert len(set(seeds)) == len(seeds)
+    assert [v["candidate"] for v in videos] == list(range(len(videos)))
+    assert len(list((out / "videos").glob("*.mp4"))) == 4
+
+
+def test_bad_requests_are_refused_before_any_work(video_model, temporal_run, tmp_path):
+    judge = ScriptedClassifier([G7])
+    with pytest.raises(GenerationError, match="--n must be at least 1"):
+        run(video_model, temporal_run, tmp_path / "a", judge, n=0)
+    with pytest.raises(GenerationError, match="--guidance must be between"):
+        run(video_model, temporal_run, tmp_path / "a", judge, guidance=-1)
+    with pytest.raises(GenerationError, match="--steps must be between"):
+        run(video_model, temporal_run, tmp_path / "a", judge, steps=0)
+    with pytest.raises(GenerationError, match="needs --classifier"):
+        run(video_model, temporal_run, tmp_path / "a", None, reject_topk=3)
+    assert judge.calls == 0 and not (tmp_path / "a").exists()
+
+    run(video_model, temporal_run, tmp_path / "b", judge, n=1)
+    with pytest.raises(GenerationError, match=r"other options \(differs in: n\)"):
+        run(video_model, temporal_run, tmp_path / "b", judge, n=2)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    with pytest.raises(GenerationError, match="not empty"):
+        run(video_model, temporal_run, tmp_path / "c", judge)
+
+
+def test_a_classifier_of_other_classes_is_refused(video_model, temporal_run, tmp_path):
+    other = (ScriptedClassifier([0]), ClassVocabulary(names=["idle", "cut"]))
+    with pytest.raises(GenerationError, match="trained on classes"):
+        generate(temporal_run, tmp_path / "g", GenerationConfig(), classifier="x", progress=False,
+                 loaded=(video_model, other))
