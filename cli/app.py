@@ -51,9 +51,10 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from survgen.data.video import VideoReadError
     from survgen.models.spatial import ModelLoadError
     from survgen.runs import RunFolderError
+    from survgen.training.checkpoint import CheckpointError
     from survgen.training.loop import TrainingDivergedError
 
-    return (UnknownClassError, DatasetError, VideoReadError, ModelLoadError, RunFolderError,
+    return (UnknownClassError, DatasetError, VideoReadError, ModelLoadError, RunFolderError, CheckpointError,
             TrainingDivergedError, ValueError, FileNotFoundError)
 
 
@@ -237,6 +238,15 @@ def _mount_subcommands() -> None:
     from survgen.cli.data import app as data_app
 
     app.add_typer(data_app, name="data", help="Create and inspect datasets (synth, stats).")
+
+    from survgen.cli.generate import generate_command
+
+    app.command("generate")(user_errors(generate_command))
+
+    from survgen.cli.classifier import classify_command, train_classifier_command
+
+    app.command("train-classifier")(user_errors(train_classifier_command))
+    app.command("classify")(user_errors(classify_command))
 
 
 _mount_subcommands()

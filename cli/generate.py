@@ -13,7 +13,7 @@ err = Console(stderr=True)
 
 
 def generate_command(
-    out: Annotated[Path, typer.Option("--out", help="Output folder (re-run the same command to continue it).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (re-run the same command to continue it); default generated/<classes>.")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Stage-2 run folder (`survgen train-temporal`); default: the shipped tiny model.")] = None,
     classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Classifier run folder (`survgen train-classifier`); default: the shipped one with the shipped model.")] = None,
     classes: Annotated[Optional[list[str]], typer.Option("--class", help="Class to generate, by code (G7), id or name; repeatable.")] = None,
@@ -35,10 +35,13 @@ def generate_command(
 
     Example: survgen generate --model runs/temporal-G7 --classifier runs/classifier --class G7 --n 500 --reject-topk 3 --out gen/G7
     """
-    from survgen.generation.run import GenerationConfig, GenerationError, generate
+    from survgen.generation.default import default_runs
+    from survgen.generation.run import GenerationConfig, generate
 
-    if model is None:
-        raise GenerationError("--model is required: a `survgen train-temporal` run folder")
+    if model is None:  # the shipped tiny model, judged by the shipped classifier unless another is given
+        model, shipped_classifier = default_runs()
+        classifier = classifier or shipped_classifier
+    out = out or Path("generated") / "-".join(classes or ["G7"]).replace("/", "_").replace(" ", "_")
     cfg = GenerationConfig(classes=classes or ["G7"], n=n, reject_topk=reject_topk, max_candidates=max_candidates,
                            batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance,
                            num_frames=frames, fps=fps, seed=seed, gif=gif, keep_rejected=keep_rejected)

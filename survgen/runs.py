@@ -23,7 +23,7 @@ from survgen.classes import ClassVocabulary
 from survgen.io import write_json_atomic
 
 RUN_FILE = "run.json"
-STAGES = ("vae", "spatial", "temporal")
+STAGES = ("vae", "spatial", "temporal", "classifier")
 
 
 class RunFolderError(ValueError):
@@ -43,6 +43,14 @@ class RunInfo:
     @property
     def model_dir(self) -> Path:
         return self.folder / "model"
+
+    @property
+    def parent_path(self) -> Path | None:
+        """The parent run as a path; a relative one is relative to this run (as in the shipped default)."""
+        if self.parent is None:
+            return None
+        path = Path(self.parent)
+        return path if path.is_absolute() else self.folder / path
 
     def save(self) -> None:
         write_json_atomic(

@@ -148,3 +148,57 @@ def test_a_classifier_of_other_classes_is_refused(video_model, temporal_run, tmp
     with pytest.raises(GenerationError, match="trained on classes"):
         generate(temporal_run, tmp_path / "g", GenerationConfig(), classifier="x", progress=False,
                  loaded=(video_model, other))
+
+
+def test_the_cli_generates_from_a_run_folder_and_a_rerun_continues_it(temporal_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from survgen.cli.app import app
+
+    def cli(out, *extra):
+        return CliRunner().invoke(app, ["generate", "--model", str(temporal_run), "--class", "G7", "--reject-topk",
+                                        "0", "--steps", "2", "--frames", "8", "--out", str(out), "--quiet", *extra])
+
+    out = tmp_path / "gen"
+    result = cli(out, "--n", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith(str(out))
+    first = json.loads((out / "manifest.json").read_text())
+    assert cli(out, "--n", "2").exit_code == 0  # already complete: nothing new
+    assert json.loads((out / "manifest.json").read_text())["videos"] == first["videos"]
+    result = cli(out, "--n", "3")
+    assert result.exit_code == 2 and "differs in: n" in result.output
+    result = cli(tmp_path / "other", "--n", "0")
+    assert result.exit_code == 2 and "--n must be at least 1" in result.output
+
+
+def test_an_exported_default_generates_with_its_own_classifier(synth_dataset, temporal_run, tmp_path):
+    from conftest import fast_train
+    from survgen.generation.default import export_default
+    from survgen.training.classifier import ClassifierStageConfig, train_classifier
+
+    classifier_run = tmp_path / "classifier"
+    train_classifier(synth_dataset, classifier_run,
+                     ClassifierStageConfig(image_size=32, clip_length=8, train=fast_train(steps=2, batch_size=4)),
+                     progress=False)
+    shipped = export_default(temporal_run, classifier_run, dest=tmp_path / "default")
+    assert json.loads((shipped / "temporal" / "run.json").read_text())["parent"] == "../spatial"
+    # the copy stands alone: generation needs neither the original runs nor the training data
+    manifest = generate(shipped / "temporal", tmp_path / "gen", GenerationConfig(n=1, steps=2, reject_topk=8),
+                        classifier=shipped / "classifier", progress=False)
+    assert manifest["summary"]["complete"] and manifest["videos"][0]["classifier_topk"]
+
+
+def test_the_shipped_default_generates_with_no_model_argument(tmp_path):
+    from typer.testing import CliRunner
+
+    from survgen.cli.app import app
+
+    out = tmp_path / "gen"
+    result = CliRunner().invoke(app, ["generate", "--class", "G7", "--n", "1", "--steps", "3", "--max-candidates", "2",
+                                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request"]["model"].endswith("assets/default/temporal")
+    assert manifest["request"]["classifier"].endswith("assets/default/classifier")
+    assert all(len(v["classifier_topk"]) == 3 for v in manifest["videos"])

@@ -124,6 +124,8 @@ class Judge:
         self.classifier = classifier.eval()
         self.size = classifier.config.image_size
         self.clip_length = classifier.config.clip_length
+        self.stride = getattr(classifier.config, "frame_stride", 1)
+        self.span = (self.clip_length - 1) * self.stride + 1  # frames one clip covers
 
     @torch.no_grad()
     def probabilities(self, videos: torch.Tensor) -> torch.Tensor:
@@ -133,7 +135,7 @@ class Judge:
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x.flatten(0, 1), size=(self.size, self.size), mode="bilinear", antialias=True,
                               align_corners=False).unflatten(0, (b, f))
-        return self.classifier(x[:, : self.clip_length]).float().softmax(-1).cpu()
+        return self.classifier(x[:, : self.span : self.stride]).float().softmax(-1).cpu()
 
 
 def model_fingerprint(model_run: Path, spatial_dir: Path) -> dict:
@@ -216,13 +218,17 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
 
             classifier_model, classifier_vocab, _ = load_classifier(classifier)
         judge = Judge(classifier_model, classifier_vocab, vocabulary, str(classifier))
+        if cfg.num_frames < judge.span:
+            raise GenerationError(f"{classifier}: the classifier reads {judge.span}-frame clips; "
+                                  f"generate at least that many (--frames {judge.span})")
         if cfg.reject_topk > len(vocabulary):
             raise GenerationError(f"--reject-topk {cfg.reject_topk} is more than the {len(vocabulary)} classes")
 
     request = _request(cfg, model, classifier)
     manifest = _open_output(out, request)
     if manifest is None:
-        spatial_dir = Path(run.parent) / "model" if (Path(run.parent) / "run.json").exists() else Path(run.parent)
+        parent = run.parent_path
+        spatial_dir = parent / "model" if (parent / "run.json").exists() else parent
         manifest = {"request": request, "model": model_fingerprint(model, spatial_dir),
                     "videos": [], "summary": {}}
     videos: list[dict] = manifest["videos"]

@@ -151,7 +151,7 @@ def save_temporal(video_unet: VideoUNet, folder: Path) -> None:
 def load_video_model(run_folder: str | Path) -> tuple[VideoUNet, SpatialModel, RunInfo]:
     """A stage-2 run's video U-Net on top of the spatial model it was trained on."""
     run = read_run(run_folder, stage="temporal")
-    spatial, _ = load_spatial_run(run.parent)
+    spatial, _ = load_spatial_run(run.parent_path)
     config = TemporalConfig.from_dict(json.loads((run.model_dir / TEMPORAL_CONFIG).read_text()))
     video_unet = VideoUNet(spatial.unet, config)
     missing, unexpected = video_unet.load_state_dict(load_file(run.model_dir / TEMPORAL_WEIGHTS), strict=False)

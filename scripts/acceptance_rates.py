@@ -1,0 +1,54 @@
+"""Acceptance rates of the shipped default generator under its classifier (README table).
+
+For each class, generate N candidates with no rejection but with the classifier's
+scores recorded, then count how many would pass top-1 and top-3 rejection. Chance
+levels are 1/8 and 3/8. Writes benchmarks/results/acceptance_default.json.
+
+    python scripts/acceptance_rates.py [--n 24] [--classes G1 G6 G7] [--out /tmp/acceptance]
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from survgen.generation.default import default_runs
+from survgen.generation.run import GenerationConfig, generate
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--n", type=int, default=24)
+parser.add_argument("--classes", nargs="+", default=["G1", "G6", "G7"])
+parser.add_argument("--out", type=Path, default=Path("/tmp/acceptance"))
+args = parser.parse_args()
+
+model, classifier = default_runs()
+results = {}
+for code in args.classes:
+    started = time.perf_counter()
+    cfg = GenerationConfig(classes=[code], n=args.n, reject_topk=0, batch_size=4)
+    manifest = generate(model, args.out / code, cfg, classifier=classifier, progress=False)
+    videos = manifest["videos"]
+    ranks = [[t["class"] for t in v["classifier_topk"]] for v in videos]
+    results[code] = {
+        "candidates": len(videos),
+        "top1_acceptance": sum(r[0] == code for r in ranks) / len(videos),
+        "top3_acceptance": sum(code in r[:3] for r in ranks) / len(videos),
+        "mean_probability_of_class": sum(v["probability_of_class"] for v in videos) / len(videos),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(code, results[code], flush=True)
+
+report = {
+    "command": "python scripts/acceptance_rates.py " + " ".join(f"--{k} {v if not isinstance(v, list) else ' '.join(v)}"
+                                                               for k, v in vars(args).items()),
+    "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+    "sampler": "ddim, 25 steps, guidance 3.0",
+    "chance": {"top1": 1 / 8, "top3": 3 / 8},
+    "per_class": results,
+}
+path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "acceptance_default.json"
+path.write_text(json.dumps(report, indent=2) + "\n")
+print(path)

@@ -1,0 +1,347 @@
+"""Train the video classifier of rejection sampling on the real clips, and classify videos with it.
+
+The dataset is split by recording, never by clip (`VideoIndex.split_by_video`):
+neighbouring clips of one video overlap and look alike, so a clip-level split
+would let validation accuracy measure memory rather than recognition. The rare
+classes are as important as the common ones here (rejection sampling runs
+precisely for them), so the default loss weights each class by the inverse of
+its share of training clips; `balance="sampler"` instead repeats the clips of
+rare classes until every class has as many as the commonest. Training runs
+through the shared loop (`survgen.training.loop.train`), so checkpoints,
+`--resume` and the progress bar are those of the diffusion stages; validation
+runs in its sample callback.
+
+Run folder, besides the loop's files:
+
+    RUN/model/classifier.safetensors     weights
+    RUN/model/classifier_config.json     `ClassifierConfig`: architecture and expected input
+    RUN/validation.jsonl                 one line per validation: accuracy, per class, confusion
+    RUN/run.json                         also: split, clips per class, class weights, last validation
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Subset
+
+from survgen.classes import ClassVocabulary
+from survgen.config import config_to_dict
+from survgen.data.datasets import ClipDataset, to_pixels
+from survgen.data.index import VideoIndex, build_index
+from survgen.data.video import probe_video, read_frames
+from survgen.io import atomic_folder, atomic_path
+from survgen.models.classifier import CLASSIFIER_PRESETS, ClassifierConfig, VideoClassifier
+from survgen.runs import RunFolderError, RunInfo, begin_run, read_run
+from survgen.training.checkpoint import save_safetensors_atomic
+from survgen.training.loop import TrainConfig, TrainResult, train
+
+CLASSIFIER_WEIGHTS = "classifier.safetensors"
+CLASSIFIER_CONFIG = "classifier_config.json"
+VALIDATION_LOG = "validation.jsonl"
+BALANCE = ("loss", "sampler", "none")
+
+
+class ClipTooShortError(ValueError):
+    """A video with fewer frames than one classifier clip."""
+
+
+@dataclass
+class ClassifierStageConfig:
+    preset: str = "tiny"  # tiny | r3d18 (see CLASSIFIER_PRESETS)
+    image_size: int | None = None  # None: the preset's size
+    clip_length: int = 16
+    frame_stride: int = 1
+    dropout: float = 0.3
+    val_fraction: float = 0.2  # share of recordings held out for validation
+    split_seed: int = 0  # fixed apart from train.seed, so runs with other seeds validate on the same videos
+    balance: str = "loss"  # loss: inverse-frequency class weights | sampler: oversample rare classes | none
+    augment: bool = True  # per clip: horizontal flip, resized crop (scale 0.8-1), brightness/contrast
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=2000, batch_size=16, lr=3e-3, weight_decay=0.05, ema_decay=0.0,
+        checkpoint_every=500, sample_every=250, log_every=10))
+
+    def __post_init__(self):
+        if self.balance not in BALANCE:
+            raise ValueError(f"balance must be one of {', '.join(BALANCE)} (got {self.balance!r})")
+        if self.preset not in CLASSIFIER_PRESETS:
+            raise ValueError(f"unknown classifier preset {self.preset!r}; use one of {', '.join(CLASSIFIER_PRESETS)}")
+
+    def model_config(self, num_classes: int) -> ClassifierConfig:
+        size = {"image_size": self.image_size} if self.image_size else {}
+        return ClassifierConfig.preset(self.preset, num_classes=num_classes, clip_length=self.clip_length,
+                                       frame_stride=self.frame_stride, dropout=self.dropout, **size)
+
+
+# ---------------------------------------------------------------- augmentation
+def augment_clips(pixels: torch.Tensor, generator: torch.Generator, *, crop_scale: tuple[float, float] = (0.8, 1.0),
+                  brightness: float = 0.1, contrast: float = 0.2) -> torch.Tensor:
+    """Light, per-clip augmentation of `(b, f, 3, H, W)` clips in [-1, 1], all random numbers from `generator`.
+
+    Each clip gets one draw, applied to all its frames alike so that the motion
+    (which carries the class) is untouched: a horizontal flip with probability
+    1/2, a square crop of `crop_scale` of the area at a random place resized
+    back to H×W, contrast × U(1 ± `contrast`) about the clip's mean and
+    brightness + U(± `brightness`) (in the [-1, 1] pixel scale).
+    """
+    b, f = pixels.shape[:2]
+    u = torch.rand(b, 6, generator=generator, device=generator.device).to(pixels.device, torch.float32)
+    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0)
+    side = (crop_scale[0] + (crop_scale[1] - crop_scale[0]) * u[:, 1]).sqrt()  # crop side / frame side
+    shift = (1 - side)[:, None] * (2 * u[:, 2:4] - 1)  # crop centre, in grid units ([-1, 1] spans the frame)
+    theta = torch.zeros(b, 2, 3, device=pixels.device)
+    theta[:, 0, 0], theta[:, 1, 1] = side * flip, side  # a negative x scale mirrors the crop
+    theta[:, :, 2] = shift
+    frames = pixels.flatten(0, 1)
+    grid = F.affine_grid(theta.repeat_interleave(f, 0), list(frames.shape), align_corners=False)
+    out = F.grid_sample(frames.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.unflatten(0, (b, f))
+    gain = (1 + contrast * (2 * u[:, 4] - 1)).view(b, 1, 1, 1, 1)
+    offset = (brightness * (2 * u[:, 5] - 1)).view(b, 1, 1, 1, 1)
+    mean = out.mean(dim=(1, 2, 3, 4), keepdim=True)
+    return ((out - mean) * gain + mean + offset).clamp(-1, 1).to(pixels.dtype)
+
+
+# ---------------------------------------------------------------- class balance
+def class_weights(counts: dict[int, int]) -> torch.Tensor:
+    """Inverse-frequency weights, mean 1 over the classes that have clips (0 for those that have none)."""
+    present = {c: n for c, n in counts.items() if n > 0}
+    total = sum(present.values())
+    weights = torch.zeros(len(counts))
+    for c, n in present.items():
+        weights[c] = total / (len(present) * n)
+    return weights
+
+
+def balanced_order(index: VideoIndex) -> list[int]:
+    """Clip positions with every class's clips repeated (cyclically) up to the commonest class's count.
+
+    A fixed list rather than a random sampler: the training loop shuffles it per
+    epoch from its seed, which keeps the data order a pure function of the step.
+    """
+    by_class: dict[int, list[int]] = {}
+    for i, clip in enumerate(index.clips):
+        by_class.setdefault(clip.class_id, []).append(i)
+    most = max(len(v) for v in by_class.values())
+    return [positions[k % len(positions)] for _, positions in sorted(by_class.items()) for k in range(most)]
+
+
+# ---------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: VideoClassifier, dataset: ClipDataset, vocabulary: ClassVocabulary, *, batch_size: int = 16,
+             num_workers: int = 0) -> dict:
+    """Clip-level accuracy of `model` on `dataset`: overall, balanced (mean of per-class), per class, confusion."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    k = len(vocabulary)
+    confusion = torch.zeros(k, k, dtype=torch.long)  # rows: true class, columns: predicted
+    loss_sum = 0.0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        logits = model(batch["pixels"].to(device)).float().cpu()
+        loss_sum += F.cross_entropy(logits, batch["class_id"], reduction="sum").item()
+        confusion += torch.bincount(batch["class_id"] * k + logits.argmax(-1), minlength=k * k).view(k, k)
+    model.train(was_training)
+    per_class_total = confusion.sum(1)
+    per_class = {vocabulary.code(c): (round(confusion[c, c].item() / n, 4) if n else None)
+                 for c, n in enumerate(per_class_total.tolist())}
+    scored = [a for a in per_class.values() if a is not None]
+    total = int(per_class_total.sum())
+    return {
+        "clips": total,
+        "loss": round(loss_sum / total, 4),
+        "accuracy": round(confusion.diag().sum().item() / total, 4),
+        "balanced_accuracy": round(sum(scored) / len(scored), 4),
+        "per_class": per_class,
+        "clips_per_class": {vocabulary.code(c): n for c, n in enumerate(per_class_total.tolist())},
+        "confusion": confusion.tolist(),
+    }
+
+
+def read_validation(run_folder: str | Path) -> list[dict]:
+    """The records of `RUN/validation.jsonl`, oldest first."""
+    path = Path(run_folder) / VALIDATION_LOG
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
+    return records
+
+
+def _append_validation(run_folder: Path, record: dict) -> None:
+    """Add one record, dropping any for this step or later: after a resume those came from the killed run."""
+    kept = [r for r in read_validation(run_folder) if r["step"] < record["step"]]
+    with atomic_path(run_folder / VALIDATION_LOG) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept + [record]))
+
+
+def _summary(record: dict) -> str:
+    per_class = "  ".join(f"{c} {'-' if a is None else f'{a:.2f}'}" for c, a in record["per_class"].items())
+    return (f"validation step {record['step']}: accuracy {record['accuracy']:.3f}, balanced "
+            f"{record['balanced_accuracy']:.3f}, loss {record['loss']:.3f} ({record['clips']} clips) | {per_class}")
+
+
+# ---------------------------------------------------------------- training
+def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConfig, *, resume: bool = False,
+                     progress: bool = True) -> TrainResult:
+    """Train a video classifier on the clips of the dataset at `data` into the run folder `out`."""
+    out = Path(out)
+    begin_run(out, "classifier", resume)
+    index = build_index(data, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride)
+    vocabulary = index.vocabulary
+    train_index, val_index = index.split_by_video(cfg.val_fraction, seed=cfg.split_seed)
+    model_config = cfg.model_config(len(vocabulary))
+    console = Console(stderr=True)
+    if progress and len(val_index) == 0:
+        console.print(f"{data}: no recording held out for validation (val_fraction {cfg.val_fraction}, "
+                      f"{len(index.video_ids())} recording(s)); validation accuracy will not be measured")
+
+    # The initial weights are part of the run's seed; the caller's global RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = VideoClassifier(model_config)
+    train_set = ClipDataset(train_index, size=model_config.image_size)
+    dataset = Subset(train_set, balanced_order(train_index)) if cfg.balance == "sampler" else train_set
+    counts = train_index.class_counts()
+    weights = class_weights(counts) if cfg.balance == "loss" else None
+
+    def loss_fn(model: VideoClassifier, batch, generator):
+        pixels = batch["pixels"]
+        if cfg.augment:
+            pixels = augment_clips(pixels, generator)
+        logits = model(pixels, generator=generator).float()
+        weight = weights.to(logits.device) if weights is not None else None
+        return F.cross_entropy(logits, batch["class_id"], weight=weight)
+
+    val_set = ClipDataset(val_index, size=model_config.image_size) if len(val_index) else None
+
+    def on_sample(step: int, model: VideoClassifier):
+        record = {"step": step, **validate(model, val_set, vocabulary, batch_size=2 * cfg.train.batch_size,
+                                           num_workers=cfg.train.num_workers)}
+        _append_validation(out, record)
+        if progress:
+            console.print(_summary(record), highlight=False, soft_wrap=True)
+
+    def export(model: VideoClassifier):
+        save_classifier(model, out / "model")
+
+    def codes(per_class_id: dict) -> dict:
+        return {vocabulary.code(c): v for c, v in per_class_id.items()}
+
+    run = RunInfo(stage="classifier", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
+                  data=str(Path(data).resolve()),
+                  extra={"status": "training", "model": model_config.to_dict(),
+                         "split": {"train": train_index.video_ids(), "validation": val_index.video_ids()},
+                         "clips": {"train": codes(counts), "validation": codes(val_index.class_counts())},
+                         "class_weights": (codes({c: round(float(w), 4) for c, w in enumerate(weights)})
+                                           if weights is not None else None)})
+    out.mkdir(parents=True, exist_ok=True)
+    run.save()
+    result = train(run_dir=out, model=model, trainable=dict(model.named_parameters()), dataset=dataset,
+                   loss_fn=loss_fn, config=cfg.train, on_sample=on_sample if val_set is not None else None,
+                   export=export, resume=resume, progress=progress)
+    history = read_validation(out)
+    run.extra["validation"] = {k: v for k, v in history[-1].items() if k != "confusion"} if history else None
+    run.extra["status"] = "done"
+    run.save()
+    result.extra["validation"] = history[-1] if history else None
+    return result
+
+
+def save_classifier(model: VideoClassifier, folder: Path) -> None:
+    with atomic_folder(folder) as tmp:
+        save_safetensors_atomic(model.state_dict(), tmp / CLASSIFIER_WEIGHTS)
+        (tmp / CLASSIFIER_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+
+
+def load_classifier(run_folder: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[VideoClassifier, ClassVocabulary, RunInfo]:
+    """A `train-classifier` run's model (in eval mode), its class vocabulary and its run info."""
+    run = read_run(run_folder, stage="classifier")
+    weights, config_path = run.model_dir / CLASSIFIER_WEIGHTS, run.model_dir / CLASSIFIER_CONFIG
+    if not weights.exists() or not config_path.exists():
+        raise RunFolderError(f"{run.folder}: holds no exported classifier yet ({weights} is missing); "
+                             "finish the run with `survgen train-classifier --out RUN --resume`")
+    model = VideoClassifier(ClassifierConfig.from_dict(json.loads(config_path.read_text())))
+    try:
+        model.load_state_dict(load_file(weights))
+    except RuntimeError as e:
+        raise RunFolderError(f"{weights}: weights do not match {config_path} ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), run.vocabulary, run
+
+
+# ---------------------------------------------------------------- classifying
+def read_clip(path: str | Path, config: ClassifierConfig) -> torch.Tensor:
+    """The first clip of a video file as the classifier sees it: `(clip_length, 3, size, size)` in [-1, 1]."""
+    span = (config.clip_length - 1) * config.frame_stride + 1
+    info = probe_video(path)
+    if info.num_frames < span:
+        raise ClipTooShortError(_too_short(str(path), info.num_frames, config, span))
+    return to_pixels(read_frames(path, range(0, span, config.frame_stride)), config.image_size)
+
+
+def _too_short(what: str, frames: int, config: ClassifierConfig, span: int) -> str:
+    needs = (f"{config.clip_length} frames, {config.frame_stride} apart ({span} frames)" if config.frame_stride > 1
+             else f"{config.clip_length} frames")
+    return f"{what}: has {frames} frame(s), but the classifier reads {needs}; give a video at least that long"
+
+
+def _as_clip(video: torch.Tensor, config: ClassifierConfig, what: str) -> torch.Tensor:
+    """A `(f, 3, H, W)` tensor in [-1, 1] cut and resized to the classifier's clip."""
+    if video.dim() != 4 or video.shape[1] != 3:
+        raise ValueError(f"{what}: expected a video tensor of shape (frames, 3, H, W), got {tuple(video.shape)}")
+    span = (config.clip_length - 1) * config.frame_stride + 1
+    if video.shape[0] < span:
+        raise ClipTooShortError(_too_short(what, video.shape[0], config, span))
+    clip = video[:span:config.frame_stride].float()
+    if clip.shape[-2:] != (config.image_size, config.image_size):
+        clip = F.interpolate(clip, size=(config.image_size, config.image_size), mode="bilinear", antialias=True,
+                             align_corners=False)
+    return clip
+
+
+@torch.no_grad()
+def classify_videos(model: VideoClassifier, videos: Sequence[str | Path | torch.Tensor], topk: int = 3, *,
+                    vocabulary: ClassVocabulary | None = None, batch_size: int = 8) -> list[dict]:
+    """Top-k classes of each video (a file, or a `(f, 3, H, W)` tensor in [-1, 1]) from its first clip.
+
+    Returns, per video in order: `{"video": path or "tensor i", "topk": [{"class_id", "probability"
+    (, "code", "name" given a vocabulary)}, ...]}`, most probable first. Every video is read (and
+    checked) before any is classified, so a bad file fails fast, with its name in the error.
+    """
+    if topk < 1:
+        raise ValueError(f"topk must be at least 1 (got {topk})")
+    config = model.config
+    names, clips = [], []
+    for i, video in enumerate(videos):
+        if isinstance(video, torch.Tensor):
+            names.append(f"tensor {i}")
+            clips.append(_as_clip(video, config, names[-1]))
+        else:
+            names.append(str(video))
+            clips.append(read_clip(video, config))
+    model.eval()
+    device = next(model.parameters()).device
+    results = []
+    for start in range(0, len(clips), batch_size):
+        batch = torch.stack(clips[start:start + batch_size]).to(device)
+        probabilities = model(batch).float().softmax(-1).cpu()
+        top = probabilities.topk(min(topk, probabilities.shape[-1]), dim=-1)
+        for name, p, c in zip(names[start:], top.values.tolist(), top.indices.tolist()):
+            ranked = []
+            for class_id, probability in zip(c, p):
+                entry = {"class_id": class_id, "probability": round(probability, 4)}
+                if vocabulary is not None:
+                    entry.update(code=vocabulary.code(class_id), name=vocabulary.name(class_id))
+                ranked.append(entry)
+            results.append({"video": name, "topk": ranked})
+    return results
