@@ -22,7 +22,7 @@ class ScriptedClassifier(nn.Module):
 
     def __init__(self, *rankings, stop_at_call=None):
         super().__init__()
-        self.config = SimpleNamespace(image_size=32, clip_length=16)
+        self.config = SimpleNamespace(image_size=32, clip_length=16, frame_stride=1)
         self.rankings, self.stop_at_call, self.calls, self.shapes = rankings, stop_at_call, 0, []
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives the judge a device
 

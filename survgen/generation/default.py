@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from survgen.io import atomic_folder
 from survgen.runs import read_run
+from survgen.training.stage1 import spatial_model_dir
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
 
@@ -45,8 +46,7 @@ def export_default(temporal_run: str | Path, classifier_run: str | Path, dest: P
     """Copy a finished stage-2 run, its spatial model and a classifier run into `dest` (replacing it whole)."""
     temporal = read_run(temporal_run, stage="temporal")
     classifier = read_run(classifier_run, stage="classifier")
-    parent = temporal.parent_path
-    spatial_model = parent / "model" if (parent / "run.json").exists() else parent
+    spatial_model = spatial_model_dir(temporal.parent_path)
     if tuple(temporal.vocabulary.names) != tuple(classifier.vocabulary.names):
         raise ValueError(f"{classifier_run}: trained on other classes than {temporal_run}")
     with atomic_folder(dest) as tmp:

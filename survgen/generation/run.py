@@ -124,7 +124,7 @@ class Judge:
         self.classifier = classifier.eval()
         self.size = classifier.config.image_size
         self.clip_length = classifier.config.clip_length
-        self.stride = getattr(classifier.config, "frame_stride", 1)
+        self.stride = classifier.config.frame_stride
         self.span = (self.clip_length - 1) * self.stride + 1  # frames one clip covers
 
     @torch.no_grad()
@@ -199,6 +199,7 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from survgen.data.video import write_video
+    from survgen.training.stage1 import spatial_model_dir
     from survgen.training.stage2 import load_video_model
 
     cfg.check()
@@ -227,10 +228,8 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
     request = _request(cfg, model, classifier)
     manifest = _open_output(out, request)
     if manifest is None:
-        parent = run.parent_path
-        spatial_dir = parent / "model" if (parent / "run.json").exists() else parent
-        manifest = {"request": request, "model": model_fingerprint(model, spatial_dir),
-                    "videos": [], "summary": {}}
+        fingerprint = model_fingerprint(model, spatial_model_dir(run.parent_path))
+        manifest = {"request": request, "model": fingerprint, "videos": [], "summary": {}}
     videos: list[dict] = manifest["videos"]
     sampler = VideoSampler(video_unet, spatial, vocabulary)
     console = Console(stderr=True)
@@ -297,9 +296,7 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
                               f"{n_candidates} candidates (the cap); raise --max-candidates, lower --reject-topk, "
                               "or train the model longer", highlight=False)
 
-    _write_dataset_files(out, videos, vocabulary, cfg.num_frames)
-    save_manifest()
-    _write_contact_sheet(out, sheet)
+    _write_contact_sheet(out, sheet)  # the dataset files and the manifest are current after every batch
     return manifest
 
 

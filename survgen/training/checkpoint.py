@@ -32,10 +32,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing pieces or does not fit the model being resumed."""
 
 
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors needs contiguous CPU tensors."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write `tensors` to `path` through a temporary file (contiguous CPU copies, as safetensors needs)."""
+    """Write `tensors` to `path` through a temporary file."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
+        _save(tensors, tmp)
 
 
 def flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], list]:
@@ -73,13 +78,12 @@ def write_checkpoint(checkpoints_dir: Path, step: int, *, model: dict, ema: dict
     """Write checkpoint `step` atomically, point `latest` at it and prune all but the newest `keep`."""
     name = f"step-{step:06d}"
     with atomic_folder(checkpoints_dir / name) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
+        _save(model, tmp / "model.safetensors")
         if ema is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+            _save(ema, tmp / "ema.safetensors")
         opt_tensors, param_groups = flatten_optimizer_state(optimizer)
-        save_file({k: v.detach().cpu().contiguous() for k, v in opt_tensors.items()},
-                  str(tmp / "optimizer.safetensors"))
-        save_file(rng, str(tmp / "rng.safetensors"))
+        _save(opt_tensors, tmp / "optimizer.safetensors")
+        _save(rng, tmp / "rng.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "param_groups": param_groups}) + "\n")
     write_text_atomic(checkpoints_dir / LATEST, name + "\n")
     if keep > 0:

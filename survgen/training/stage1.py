@@ -121,10 +121,14 @@ def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *,
     return result
 
 
+def spatial_model_dir(path: str | Path) -> Path:
+    """The diffusers folder behind `path`: a stage-1 run's model/, or `path` itself when it is one."""
+    path = Path(path)
+    return read_run(path, stage="spatial").model_dir if (path / "run.json").exists() else path
+
+
 def load_spatial_run(path: str | Path) -> tuple[SpatialModel, RunInfo | None]:
     """A stage-1 run folder's model, or any diffusers SD folder given directly."""
     path = Path(path)
-    if (path / "run.json").exists():
-        run = read_run(path, stage="spatial")
-        return load_spatial(run.model_dir), run
-    return load_spatial(path), None
+    run = read_run(path, stage="spatial") if (path / "run.json").exists() else None
+    return load_spatial(run.model_dir if run else path), run
