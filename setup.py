@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _extension():
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
-    extra_cxx = ["-O3", "-std=c++17"]
+    extra_cxx = ["-O3", "-std=c++20"]
     with_cuda = (
         torch.version.cuda is not None
         and CUDA_HOME is not None

@@ -1,61 +1,93 @@
-"""Baselines the later kernel work is measured against: `pytest benchmarks --benchmark-only`.
+"""The video U-Net end to end, fused temporal attention against the reference: `pytest benchmarks --benchmark-only`.
 
-- one stage-2 training step of the tiny video U-Net, with and without gradient
-  checkpointing (its cost in time; its saving in memory shows on a GPU);
-- the pure-PyTorch temporal attention sub-layer, forward + backward, at the
-  tiny preset's widest level and at an SD-1.5-like level scaled to CPU.
+- one stage-2 training step of the tiny video U-Net (2 videos × 16 frames at
+  16×16 latents), with and without gradient checkpointing, per attention backend;
+- the video U-Net forward (one denoising step with guidance: 2 videos × 16
+  frames), tiny preset at 16×16 latents and the sd15 architecture (built from
+  its config, random weights) at 32×32 latents (256 px), per attention backend.
 
-Each prints what it measured through pytest-benchmark's table; nothing is asserted
-about speed here (ratios are read from the same run's table).
+The backends are those that can run here (`survgen info`); the reference is the
+baseline. Nothing is asserted about speed: ratios are read from one run's table.
 """
 
 import pytest
 import torch
 
-from survgen.kernels import temporal_attention
+from survgen.kernels import backend_report, use_backend
 from survgen.models.spatial import build_tiny
 from survgen.models.video_unet import TEMPORAL_PRESETS, VideoUNet
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = [name for name, reasons in backend_report(torch.empty(1, 1, 1, 1, device=DEVICE)).items() if not reasons]
+
 
 @pytest.fixture(scope="module")
-def video_unet():
+def tiny_video_unet():
     torch.manual_seed(0)
-    return VideoUNet(build_tiny(seed=0).unet, TEMPORAL_PRESETS["tiny"])
+    return VideoUNet(build_tiny(seed=0).unet, TEMPORAL_PRESETS["tiny"]).to(DEVICE)
+
+
+@pytest.fixture(scope="module")
+def sd15_video_unet():
+    from diffusers import UNet2DConditionModel
+
+    from survgen.models.counts import SD15_UNET_CONFIG
+
+    torch.manual_seed(0)
+    return VideoUNet(UNet2DConditionModel(**SD15_UNET_CONFIG), TEMPORAL_PRESETS["sd15"]).to(DEVICE).eval()
+
+
+def _video_inputs(model: VideoUNet, size: int):
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, size, size, generator=g)
+    text = torch.randn(2, 77, model.unet.config.cross_attention_dim, generator=g)
+    t, labels = torch.tensor([10, 500]), torch.tensor([7, 1])
+    return [v.to(DEVICE) for v in (latents, t, text, labels)]
+
+
+def _synchronize():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 @pytest.mark.benchmark(group="stage-2 step, tiny, 2 videos x 16 frames at 16x16 latents")
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
-def test_tiny_training_step(benchmark, video_unet, checkpointing):
-    video_unet.enable_gradient_checkpointing(checkpointing)
-    params = list(video_unet.temporal_parameters().values())
-    g = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 4, 16, 16, 16, generator=g)
-    text = torch.randn(2, 32, video_unet.unet.config.cross_attention_dim, generator=g)
-    t, labels = torch.tensor([10, 500]), torch.tensor([7, 1])
+def test_tiny_training_step(benchmark, tiny_video_unet, checkpointing, backend):
+    tiny_video_unet.enable_gradient_checkpointing(checkpointing)
+    params = list(tiny_video_unet.temporal_parameters().values())
+    latents, t, text, labels = _video_inputs(tiny_video_unet, 16)
 
     def step():
-        loss = video_unet(latents, t, text, labels).square().mean()
-        grads = torch.autograd.grad(loss, params)
-        return grads
+        with use_backend(backend):
+            loss = tiny_video_unet(latents, t, text, labels).square().mean()
+            torch.autograd.grad(loss, params)
+        _synchronize()
 
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)
 
 
-@pytest.mark.benchmark(group="temporal attention (reference), forward + backward")
-@pytest.mark.parametrize("shape", [(2, 16, 96, 16, 16), (1, 16, 320, 16, 16)], ids=["tiny-96ch", "sd15-320ch"])
-def test_temporal_attention_reference(benchmark, shape):
-    b, f, c, h, w = shape
-    heads = 8
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(b * f, c, h, w, generator=g, requires_grad=True)
-    weights = [torch.ones(c), torch.zeros(c), torch.randn(3 * c, c, generator=g) / c**0.5, None,
-               torch.randn(c, c, generator=g) / c**0.5, torch.zeros(c)]
-    for wt in weights:
-        if wt is not None:
-            wt.requires_grad_(True)
+@pytest.mark.benchmark(group="video U-Net forward, tiny, 2 videos x 16 frames at 16x16 latents")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_forward(benchmark, tiny_video_unet, backend):
+    inputs = _video_inputs(tiny_video_unet, 16)
 
-    def step():
-        out = temporal_attention(x, f, *weights, heads, backend="reference")
-        return torch.autograd.grad(out.square().mean(), [x])
+    def forward():
+        with torch.no_grad(), use_backend(backend):
+            tiny_video_unet(*inputs)
+        _synchronize()
 
-    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(forward, rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="video U-Net forward, sd15 architecture, 2 videos x 16 frames at 32x32 latents")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sd15_forward(benchmark, sd15_video_unet, backend):
+    inputs = _video_inputs(sd15_video_unet, 32)
+
+    def forward():
+        with torch.no_grad(), use_backend(backend):
+            sd15_video_unet(*inputs)
+        _synchronize()
+
+    benchmark.pedantic(forward, rounds=1 if DEVICE == "cpu" else 5, warmup_rounds=0 if DEVICE == "cpu" else 1)

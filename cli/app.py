@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from survgen import __version__
+from survgen.cli.options import AttentionBackend, attention_backend
 
 app = typer.Typer(
     name="survgen",
@@ -49,13 +50,14 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from survgen.classes import UnknownClassError
     from survgen.data.index import DatasetError
     from survgen.data.video import VideoReadError
+    from survgen.kernels import BackendUnavailableError
     from survgen.models.spatial import ModelLoadError
     from survgen.runs import RunFolderError
     from survgen.training.checkpoint import CheckpointError
     from survgen.training.loop import TrainingDivergedError
 
     return (UnknownClassError, DatasetError, VideoReadError, ModelLoadError, RunFolderError, CheckpointError,
-            TrainingDivergedError, ValueError, FileNotFoundError)
+            TrainingDivergedError, BackendUnavailableError, ValueError, FileNotFoundError)
 
 
 def user_errors(fn):
@@ -115,14 +117,22 @@ def info(
     import torch
     import transformers
 
-    from survgen.kernels import backend_report
+    from survgen.kernels import BackendUnavailableError, backend_report, select_backend
 
+    probe = torch.empty(1, 1, 1, 1, device="cuda" if torch.cuda.is_available() else "cpu")
+    attention = {}
+    for use, training in (("inference", False), ("training", True)):
+        try:
+            attention[use] = select_backend(probe, training=training).name
+        except BackendUnavailableError as e:  # $SURVGEN_ATTENTION names one that cannot run here
+            attention[use] = str(e).splitlines()[0]
     report = {
         "survgen": __version__,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA device)",
+        "attention_backend": attention,
         "attention_backends": {name: (reasons or "available") for name, reasons in backend_report().items()},
     }
     if preset:
@@ -212,6 +222,7 @@ def train_temporal(
     resume: Resume = False,
     attention_layers: Annotated[Optional[int], typer.Option(help="Self-attention sub-layers per temporal block.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")] = None,
+    attention: AttentionBackend = None,
     steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
     mixed_precision: MixedPrecision = None, ema_decay: EmaDecay = None, checkpoint_every: CheckpointEvery = None,
     sample_every: SampleEvery = None, sample_steps: SampleSteps = None, seed: Seed = None, quiet: Quiet = False,
@@ -231,7 +242,9 @@ def train_temporal(
     spatial = Path(stored.parent) if stored and stored.parent else spatial
     if spatial is None:
         raise ValueError("--spatial is required: the run folder of `survgen train-spatial`")
-    _print_result(run_stage(data, spatial, out, cfg, resume=resume, progress=not quiet), out)
+    with attention_backend(attention):
+        result = run_stage(data, spatial, out, cfg, resume=resume, progress=not quiet)
+    _print_result(result, out)
 
 
 def _mount_subcommands() -> None:

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from survgen.cli.options import AttentionBackend, attention_backend
+
 err = Console(stderr=True)
 
 
@@ -29,6 +31,7 @@ def generate_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed; each video's own seed is in the manifest.")] = 0,
     gif: Annotated[bool, typer.Option("--gif", help="Also write a GIF of every kept video.")] = False,
     keep_rejected: Annotated[bool, typer.Option("--keep-rejected", help="Write rejected videos under rejected/.")] = False,
+    attention: AttentionBackend = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ):
     """Generate videos of rare classes, keeping those the classifier recognises (rejection sampling).
@@ -45,8 +48,9 @@ def generate_command(
     cfg = GenerationConfig(classes=classes or ["G7"], n=n, reject_topk=reject_topk, max_candidates=max_candidates,
                            batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance,
                            num_frames=frames, fps=fps, seed=seed, gif=gif, keep_rejected=keep_rejected)
-    manifest = generate(model, out, cfg, classifier=classifier if reject_topk > 0 or classifier else None,
-                        progress=not quiet)
+    with attention_backend(attention):
+        manifest = generate(model, out, cfg, classifier=classifier if reject_topk > 0 or classifier else None,
+                            progress=not quiet)
     table = Table(title=f"generated into {out}")
     for column in ("class", "accepted", "candidates", "acceptance"):
         table.add_column(column, justify="right")

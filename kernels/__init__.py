@@ -3,7 +3,8 @@
 `temporal_attention` is the only entry point for model code. It checks the
 arguments against the contract, picks a backend (see `backends`: fused
 kernels first, the pure-PyTorch `reference` otherwise, or the one named by
-`backend=`, `set_backend`/`use_backend` or $SURVGEN_ATTENTION) and runs it.
+`backend=`, `set_backend`/`use_backend` or $SURVGEN_ATTENTION; a call that
+records gradients skips backends not `chosen_for_training`) and runs it.
 Every backend means exactly what `reference.temporal_attention_reference`
 computes. The op is also registered with torch.library as
 `torch.ops.survgen.temporal_attention` (see `ops`).
@@ -66,5 +67,7 @@ def temporal_attention(
     check_temporal_attention_args(
         x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads
     )
-    chosen = select_backend(x, backend)
+    tensors = (x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias)
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    chosen = select_backend(x, backend, training=training)
     return chosen.forward(x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads, eps)

@@ -1,7 +1,7 @@
 """Which implementation runs temporal attention, and why each of the others cannot.
 
 Each backend (xformers-style) says why it cannot run an input
-(`not_supported_reasons(x) -> list[str]`, empty when it can). The chooser
+(`not_supported_reasons(x, named) -> list[str]`, empty when it can). The chooser
 takes the first backend with no reasons in `BACKENDS` order (fused kernels
 before the reference); when a named backend cannot run, it raises
 `BackendUnavailableError` listing every backend and its reasons, so a user
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops
+from . import compiled, ops
 from .reference import temporal_attention_reference
 
 ENV_VAR = "SURVGEN_ATTENTION"
@@ -43,34 +43,26 @@ class Backend:
     """One implementation of `temporal_attention` and the test of whether it can run an input."""
 
     name: str
-    not_supported_reasons: Callable[[torch.Tensor], list[str]]
-    # Same signature as `temporal_attention_reference`; None while the kernel is not written.
-    forward: Callable[..., torch.Tensor] | None
+    # (x, named) -> reasons; `named` is True when the user asked for this backend by name.
+    not_supported_reasons: Callable[[torch.Tensor, bool], list[str]]
+    # Same signature as `temporal_attention_reference`.
+    forward: Callable[..., torch.Tensor]
+    # Whether the automatic choice takes this backend for calls that record gradients
+    # (it can always be named for them).
+    chosen_for_training: bool = True
 
 
 # ---------------------------------------------------------------- what this install has
-def _compiled_core() -> tuple[frozenset[str], bool, str | None]:
-    """(kernels registered by survgen._C, whether it was built with CUDA, why it failed to import)."""
-    try:
-        from survgen import _C
-    except ImportError as e:
-        return frozenset(), False, str(e)
-    return frozenset(_C.kernels()), bool(_C.compiled_with_cuda()), None
-
-
-# Read once at import: these cannot change while the process runs, and plain
-# constants keep the backend choice traceable by torch.compile.
-_COMPILED_KERNELS, _COMPILED_WITH_CUDA, _COMPILED_IMPORT_ERROR = _compiled_core()
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def _compiled_kernel_reasons(device: str) -> list[str]:
-    if _COMPILED_IMPORT_ERROR is not None:
-        return [f"survgen._C is not importable ({_COMPILED_IMPORT_ERROR}); "
+    if compiled.IMPORT_ERROR is not None:
+        return [f"survgen._C is not importable ({compiled.IMPORT_ERROR}); "
                 "reinstall with `pip install --no-build-isolation -e .`"]
-    if device == "cuda" and not _COMPILED_WITH_CUDA:
+    if device == "cuda" and not compiled.WITH_CUDA:
         return ["survgen._C was built without CUDA"]
-    if f"temporal_attention:{device}" not in _COMPILED_KERNELS:
+    if not compiled.has_kernel("temporal_attention", device):
         return [f"survgen._C was built without a temporal_attention {device.upper()} kernel"]
     return []
 
@@ -84,29 +76,37 @@ def _cuda_runtime_reasons() -> list[str]:
 
 
 # ---------------------------------------------------------------- the backends
-def _reference_reasons(x: torch.Tensor) -> list[str]:
+def _reference_reasons(x: torch.Tensor, named: bool) -> list[str]:
     return [] if x.is_floating_point() else [f"input dtype {x.dtype} is not floating point"]
 
 
-def _cpu_reasons(x: torch.Tensor) -> list[str]:
+def _cpu_reasons(x: torch.Tensor, named: bool) -> list[str]:
     reasons = _compiled_kernel_reasons("cpu")
     if x.device.type != "cpu":
         reasons.append(f"input is on {x.device.type}, the cpu backend needs a CPU tensor")
+    if x.dtype not in (torch.float32, torch.float64):
+        reasons.append(f"input is {x.dtype}, the cpu kernel computes in float32 or float64")
     return reasons
 
 
-def _cuda_reasons(x: torch.Tensor) -> list[str]:
+def _cuda_reasons(x: torch.Tensor, named: bool) -> list[str]:
     reasons = _cuda_runtime_reasons() + _compiled_kernel_reasons("cuda")
     if x.device.type != "cuda":
         reasons.append(f"input is on {x.device.type}, the cuda backend needs a CUDA tensor")
     return reasons
 
 
-def _triton_reasons(x: torch.Tensor) -> list[str]:
+def _triton_reasons(x: torch.Tensor, named: bool) -> list[str]:
     reasons = [] if _TRITON_INSTALLED else ["triton is not installed (pip install triton)"]
-    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        reasons.append("input is on cpu and TRITON_INTERPRET is not set")
-    elif x.device.type not in ("cpu", "cuda"):
+    if x.device.type == "cpu":
+        # Triton's interpreter runs kernels on the CPU for tests, far slower than any
+        # other backend: only when asked for by name, and with TRITON_INTERPRET=1 set
+        # before the first triton kernel is imported.
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            reasons.append("input is on cpu and TRITON_INTERPRET is not set")
+        elif not named:
+            reasons.append("input is on cpu: the Triton interpreter runs only when named (backend='triton')")
+    elif x.device.type != "cuda":
         reasons.append(f"input is on {x.device.type}, triton needs a CUDA tensor (or CPU with TRITON_INTERPRET=1)")
     return reasons
 
@@ -116,20 +116,27 @@ def _dispatched_op(*args) -> torch.Tensor:
     return ops.temporal_attention_op(*args)
 
 
+def _triton_op(*args) -> torch.Tensor:
+    # Imported on first use: triton reads TRITON_INTERPRET when its kernels are defined.
+    from .triton_attention import temporal_attention_triton
+
+    return temporal_attention_triton(*args)
+
+
 # Preference order: the first backend that can run an input is chosen.
 BACKENDS: tuple[Backend, ...] = (
     Backend("cuda", _cuda_reasons, _dispatched_op),
-    Backend("triton", _triton_reasons, None),
-    Backend("cpu", _cpu_reasons, _dispatched_op),
+    Backend("triton", _triton_reasons, _triton_op),
+    # On the CPU, forward + backward through the fused kernel recomputes the forward
+    # (a third more matmul work than autograd through the reference, which keeps its
+    # activations): measured on a 2-core AVX2 machine it is faster than the reference
+    # only at sd15's top level, and a tiny-preset stage-2 step is ~15% slower with it
+    # (benchmarks/NOTES.md). So training on the CPU takes the reference unless named.
+    Backend("cpu", _cpu_reasons, _dispatched_op, chosen_for_training=False),
     Backend("reference", _reference_reasons, temporal_attention_reference),
 )
 BACKEND_NAMES: tuple[str, ...] = tuple(b.name for b in BACKENDS)
 _BY_NAME = {b.name: b for b in BACKENDS}
-
-
-def _reasons(backend: Backend, x: torch.Tensor) -> list[str]:
-    missing = [] if backend.forward is not None else [f"survgen has no {backend.name} temporal_attention kernel yet"]
-    return missing + backend.not_supported_reasons(x)
 
 
 # ---------------------------------------------------------------- naming a backend
@@ -160,10 +167,10 @@ def use_backend(name: str | None) -> Iterator[None]:
         _selected = previous
 
 
-def _requested(requested: str | None) -> tuple[str | None, str]:
+def _requested(requested: str | None, named_by: str) -> tuple[str | None, str]:
     """The named backend, if any, and who named it (for the error message)."""
     if requested is not None:
-        return _check_name(requested, "temporal_attention(backend=...)"), "backend= argument"
+        return _check_name(requested, named_by), named_by
     if _selected is not None:
         return _selected, "set_backend()/use_backend()"
     env = os.environ.get(ENV_VAR, "").strip()
@@ -181,31 +188,35 @@ def backend_report(x: torch.Tensor | None = None) -> dict[str, list[str]]:
     """
     if x is None:
         x = torch.empty(1, 1, 1, 1, device="cuda" if torch.cuda.is_available() else "cpu")
-    return {b.name: _reasons(b, x) for b in BACKENDS}
+    return {b.name: b.not_supported_reasons(x, False) for b in BACKENDS}
 
 
 def _describe(x: torch.Tensor) -> str:
     return f"{x.dtype} on {x.device}, shape {tuple(x.shape)}"
 
 
-def select_backend(x: torch.Tensor, requested: str | None = None) -> Backend:
+def select_backend(x: torch.Tensor, requested: str | None = None, *, training: bool = False,
+                   named_by: str = "backend= argument") -> Backend:
     """The backend that will run temporal attention on `x`.
 
     `requested` (else set_backend/use_backend, else $SURVGEN_ATTENTION) names
-    one; otherwise the first in `BACKENDS` order that can run `x`. Raises
+    one; otherwise the first in `BACKENDS` order that can run `x` (for a call
+    that records gradients, `training`, the first that is also
+    `chosen_for_training`). Raises
     `BackendUnavailableError`, listing every backend's reasons, when the named
-    one cannot run `x` or none can.
+    one cannot run `x` or none can; `named_by` says in it who named `requested`
+    (a command-line flag, say).
     """
-    name, source = _requested(requested)
+    name, source = _requested(requested, named_by)
     if name is not None:
-        if not _reasons(_BY_NAME[name], x):
+        if not _BY_NAME[name].not_supported_reasons(x, True):
             return _BY_NAME[name]
         headline = f"attention backend {name!r} (named by {source}) cannot run this input ({_describe(x)})"
     else:
         for backend in BACKENDS:
-            if not _reasons(backend, x):
+            if (backend.chosen_for_training or not training) and not backend.not_supported_reasons(x, False):
                 return backend
         headline = f"no attention backend can run this input ({_describe(x)})"
-    report = backend_report(x)
+    report = {b.name: b.not_supported_reasons(x, b.name == name) for b in BACKENDS}
     lines = [f"  {b}: {'; '.join(r) if r else 'available'}" for b, r in report.items()]
     raise BackendUnavailableError("\n".join([headline + ". Every backend:", *lines]), name, report)

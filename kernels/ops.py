@@ -1,16 +1,18 @@
 """`survgen::temporal_attention` as a torch.library custom op: schema, implementations, fake and autograd.
 
 The op is the dispatcher's entry point for the fused backends: the compiled
-kernels of survgen._C register themselves for its CPU/CUDA keys, and
-`torch.compile` sees one opaque node with a known output shape (the fake
-implementation) instead of tracing the attention. Until a fused kernel exists
-for a device, the op runs the pure-PyTorch reference there.
+kernels of survgen._C are registered for its CPU/CUDA keys at the end of this
+file, and `torch.compile` sees one opaque node with a known output shape (the
+fake implementation) instead of tracing the attention. Where no fused kernel
+exists for a device, the op runs the pure-PyTorch reference there.
 
-Backward is its own op, `survgen::temporal_attention_backward`, so a fused
-backward can be registered the same way; its default implementation
-recomputes the forward through the reference with `torch.func.vjp` (recompute
-instead of saving attention probabilities, as flash-attention does). Double
-backward is not supported.
+Backward is its own op, `survgen::temporal_attention_backward`, with its own
+per-device kernels; its default implementation recomputes the forward through
+the reference with `torch.func.vjp`. Only x and the weights are saved for
+backward (the fused kernels recompute the attention per tile, as
+flash-attention does), so the op costs one activation of memory, not the
+seven that autograd through the reference keeps. Double backward is not
+supported.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from . import compiled
 from .reference import temporal_attention_reference
 
 
@@ -47,8 +50,7 @@ def _temporal_attention_fake(x, num_frames, norm_weight, norm_bias, qkv_weight, 
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("survgen::temporal_attention_backward", mutates_args=())
-def temporal_attention_backward_op(
+def reference_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     num_frames: int,
@@ -61,7 +63,8 @@ def temporal_attention_backward_op(
     heads: int,
     eps: float,
 ) -> list[torch.Tensor]:
-    """Gradients of x, norm_weight, norm_bias, qkv_weight, [qkv_bias,] out_weight, out_bias (qkv_bias's only if given)."""
+    """Gradients of x, norm_weight, norm_bias, qkv_weight, [qkv_bias,] out_weight, out_bias (qkv_bias's only if given),
+    by recomputing the reference forward: the backward op's kernel wherever no fused one is registered."""
     tensors = [t for t in (x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias) if t is not None]
 
     def forward(x, norm_weight, norm_bias, qkv_weight, *rest):
@@ -75,6 +78,11 @@ def temporal_attention_backward_op(
     # below the autograd dispatch key, where plain autograd records nothing.
     _, vjp = torch.func.vjp(forward, *tensors)
     return list(vjp(grad_out))
+
+
+temporal_attention_backward_op = torch.library.custom_op(
+    "survgen::temporal_attention_backward", reference_backward, mutates_args=()
+)
 
 
 @temporal_attention_backward_op.register_fake
@@ -106,3 +114,15 @@ def _backward(ctx, grad_out):
 
 
 temporal_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- the compiled kernels
+# survgen._C binds plain functions; registering them here keeps the whole op
+# family (schema, fake, autograd, per-device kernels) in this one file.
+for _device in ("cpu", "cuda"):
+    if compiled.has_kernel("temporal_attention", _device):
+        temporal_attention_op.register_kernel(_device)(getattr(compiled.CORE, f"temporal_attention_forward_{_device}"))
+    if compiled.has_kernel("temporal_attention_backward", _device):
+        temporal_attention_backward_op.register_kernel(_device)(
+            getattr(compiled.CORE, f"temporal_attention_backward_{_device}")
+        )

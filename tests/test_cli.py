@@ -28,6 +28,8 @@ def test_info_reports_versions_backends_and_parameter_counts():
     report = json.loads(result.stdout)
     assert report["survgen"] and report["torch"].startswith("2.")
     assert report["attention_backends"]["reference"] == "available"
+    # survgen._C's fused kernel, chosen automatically; training on the CPU takes the reference (faster there)
+    assert report["attention_backend"] == {"inference": "cpu", "training": "reference"}
     assert "cuda" in report["attention_backends"]  # present, with the reason it is unavailable here
     counts = report["parameters"]
     assert counts["total"] == counts["spatial_unet"] + counts["vae"] + counts["text_encoder"] + counts["stage2_trainable"]
@@ -47,7 +49,8 @@ def cli_runs(synth_dataset, tmp_path_factory):
 def test_a_temporal_run_resumes_from_its_folder_alone(synth_dataset, cli_runs):
     out = cli_runs / "temporal"
     result = invoke("train-temporal", "--data", synth_dataset, "--spatial", cli_runs / "spatial", "--class", "G7",
-                    "--out", out, "--steps", 2, "--batch-size", 2, "--sample-steps", 2, "--quiet")
+                    "--out", out, "--steps", 2, "--batch-size", 2, "--sample-steps", 2, "--attention", "reference",
+                    "--quiet")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith(str(out))
     # no --data, --spatial or --class: the run folder remembers them
@@ -69,4 +72,16 @@ def test_user_errors_end_with_a_one_line_message_and_exit_code_2(synth_dataset, 
     extra = ["--spatial", cli_runs / "spatial"] if "G9" in args else []
     result = runner.invoke(app, [*args, "--data", str(synth_dataset), "--out", str(out), *map(str, extra)])
     assert result.exit_code == 2, result.output
-    assert message in result.output and "Traceback" not in result.output
+    output = " ".join(result.output.split())  # rich wraps lines at the terminal width
+    assert message in output and "Traceback" not in output
+
+
+def test_an_attention_backend_that_cannot_run_here_is_refused_before_any_work(tmp_path):
+    result = invoke("generate", "--attention", "cuda", "--n", 1, "--out", tmp_path / "gen")
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())  # rich wraps long lines
+    assert "attention backend 'cuda' (named by --attention) cannot run" in message
+    assert "cpu: available" in message and "reference: available" in message
+    assert not (tmp_path / "gen").exists()
+    result = invoke("generate", "--attention", "fast", "--n", 1, "--out", tmp_path / "gen")
+    assert result.exit_code == 2 and "unknown attention backend 'fast'" in " ".join(result.output.split())

@@ -66,7 +66,7 @@ def test_block_is_attention_sublayers_then_geglu_mlp():
 
 def test_attention_goes_through_the_kernels_api():
     block = TemporalTransformerBlock(24, heads=3)
-    with use_backend("cpu"), pytest.raises(BackendUnavailableError):
+    with use_backend("cuda"), pytest.raises(BackendUnavailableError):
         block(torch.randn(6, 24, 2, 2), 3)
 
 

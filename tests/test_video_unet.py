@@ -117,3 +117,27 @@ def test_rejects_video_unet_input_of_wrong_rank(tiny_folder):
                       TemporalConfig(num_classes=8, heads=4))
     with pytest.raises(ValueError, match=r"\(b, c, f, h, w\)"):
         video(torch.zeros(2, 4, 16, 16), torch.tensor([1, 2]), torch.zeros(2, 32, 64), torch.tensor([0, 1]))
+
+
+def test_video_unet_uses_the_fused_kernel_and_matches_the_reference(tiny_folder):
+    from survgen.kernels import select_backend, use_backend
+
+    video = VideoUNet(UNet2DConditionModel.from_pretrained(tiny_folder / "unet", local_files_only=True),
+                      TemporalConfig(num_classes=8, heads=4))
+    _perturb_temporal(video)
+    latents, t, text, labels = _inputs(f=5, h=10, w=14)  # 140, 35, ... positions: partial tiles at every level
+    assert select_backend(latents).name == "cpu"  # what the model runs by default on this machine
+
+    def run(backend):
+        video.zero_grad()
+        with use_backend(backend):
+            out = video(latents, t, text, labels)
+            out.square().mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in video.temporal_parameters().items()}
+
+    fused, fused_grads = run("cpu")
+    reference, reference_grads = run("reference")
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+    for name in reference_grads:
+        torch.testing.assert_close(fused_grads[name], reference_grads[name], rtol=1e-4, atol=1e-6,
+                                   msg=lambda m: f"{name}: {m}")
