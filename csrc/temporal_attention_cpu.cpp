@@ -53,10 +53,13 @@ namespace {
 // Positions per vector block: one 256-bit register of floats.
 constexpr int64_t kLanes = 8;
 // Tokens per tile. Each tile's GEMMs repack the weights (up to 20 MB at
-// c = 1280), so tiles must be long enough to amortise that; measured on a
-// 2-core AVX2 machine, 1024 tokens beat 256 and 512 at every sd15 level (the
-// tile then lives in L3, not L2: the GEMMs block for cache themselves).
-constexpr int64_t kTileTokens = 1024;
+// c = 1280), so wide layers want long tiles to amortise that; narrow layers
+// want tiles that stay in L2. Measured on a 2-core AVX2 machine: 1024 tokens
+// beat 256 and 512 at every sd15 level (c >= 320), 256 beat 1024 at the tiny
+// preset's 64- and 128-channel levels.
+constexpr int64_t kTileTokensNarrow = 256;
+constexpr int64_t kTileTokensWide = 1024;
+constexpr int64_t kWideChannels = 256;
 
 #if defined(__GNUC__)
 #define SURVGEN_INLINE inline __attribute__((always_inline))
@@ -82,7 +85,8 @@ TileShape tile_shape(const at::Tensor& x, int64_t frames, int64_t heads) {
   s.heads = heads;
   s.head_dim = s.channels / heads;
   s.area = x.size(2) * x.size(3);
-  const int64_t wanted = std::max<int64_t>(kLanes, (kTileTokens + frames - 1) / frames);
+  const int64_t tokens = s.channels >= kWideChannels ? kTileTokensWide : kTileTokensNarrow;
+  const int64_t wanted = std::max<int64_t>(kLanes, (tokens + frames - 1) / frames);
   const int64_t needed = s.area;  // no tile wider than the image
   s.positions = (std::min(wanted, needed) + kLanes - 1) / kLanes * kLanes;
   s.tokens = frames * s.positions;

@@ -92,14 +92,16 @@ def _temporal_attention_backward_fake(grad_out, x, num_frames, norm_weight, norm
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors if t is not None]
 
 
-def _setup_context(ctx, inputs, output):
+def save_inputs(ctx, inputs, output):
+    """Autograd set-up of the temporal-attention ops: keep x and the weights only (backward recomputes)."""
     x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads, eps = inputs
     ctx.save_for_backward(x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias)
     ctx.num_frames, ctx.heads, ctx.eps = num_frames, heads, eps
     ctx.has_qkv_bias = qkv_bias is not None
 
 
-def _backward(ctx, grad_out):
+def recompute_backward(ctx, grad_out):
+    """Autograd backward of the temporal-attention ops, through `temporal_attention_backward_op`."""
     x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias = ctx.saved_tensors
     grads = temporal_attention_backward_op(
         grad_out.contiguous(), x, ctx.num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias,
@@ -113,7 +115,7 @@ def _backward(ctx, grad_out):
             grad_out_bias, None, None)
 
 
-temporal_attention_op.register_autograd(_backward, setup_context=_setup_context)
+temporal_attention_op.register_autograd(recompute_backward, setup_context=save_inputs)
 
 
 # ---------------------------------------------------------------- the compiled kernels

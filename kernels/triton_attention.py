@@ -294,25 +294,5 @@ def _temporal_attention_triton_fake(x, num_frames, norm_weight, norm_bias, qkv_w
 # ---------------------------------------------------------------- autograd
 # As `ops.temporal_attention_op`: save only x and the weights; the backward op
 # recomputes the forward (through the reference) and returns the gradients.
-def _setup_context(ctx, inputs, output):
-    x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads, eps = inputs
-    ctx.save_for_backward(x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias)
-    ctx.num_frames, ctx.heads, ctx.eps = num_frames, heads, eps
-    ctx.has_qkv_bias = qkv_bias is not None
+temporal_attention_triton.register_autograd(ops.recompute_backward, setup_context=ops.save_inputs)
 
-
-def _backward(ctx, grad_out):
-    x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias = ctx.saved_tensors
-    grads = ops.temporal_attention_backward_op(
-        grad_out.contiguous(), x, ctx.num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias,
-        ctx.heads, ctx.eps,
-    )
-    grad_x, grad_norm_weight, grad_norm_bias, grad_qkv_weight, *rest = grads
-    grad_qkv_bias = rest.pop(0) if ctx.has_qkv_bias else None
-    grad_out_weight, grad_out_bias = rest
-    # One entry per op input; num_frames, heads and eps have no gradient.
-    return (grad_x, None, grad_norm_weight, grad_norm_bias, grad_qkv_weight, grad_qkv_bias, grad_out_weight,
-            grad_out_bias, None, None)
-
-
-temporal_attention_triton.register_autograd(_backward, setup_context=_setup_context)
