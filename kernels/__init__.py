@@ -70,4 +70,11 @@ def temporal_attention(
     tensors = (x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias)
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     chosen = select_backend(x, backend, training=training)
+    if chosen.name != "reference":
+        # The fused kernels compute in x's dtype (accumulating in fp32); under autocast
+        # x arrives in bf16/fp16 while the weights stay fp32. The casts are differentiable.
+        norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias = (
+            t if t is None or t.dtype == x.dtype else t.to(x.dtype)
+            for t in (norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias)
+        )
     return chosen.forward(x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads, eps)

@@ -130,3 +130,15 @@ def test_weight_gradients_do_not_depend_on_the_thread_count():
         torch.set_num_threads(threads)
     for one, two in zip(*grads, strict=True):
         torch.testing.assert_close(one, two, rtol=1e-12, atol=1e-12)
+
+
+def test_weights_in_another_dtype_are_cast_to_x_and_get_gradients_in_their_own():
+    """As under autocast, where x arrives in a low precision and the weights stay fp32."""
+    x, weights = make_inputs(2, 3, 24, 3, 3, 5)
+    w32 = {k: None if v is None else v.float().requires_grad_(True) for k, v in weights.items()}
+    out = call(temporal_attention, x, 3, w32, 3, backend="cpu")
+    assert out.dtype == torch.float64
+    grads = torch.autograd.grad(out.sum(), [v for v in w32.values() if v is not None])
+    assert all(g.dtype == torch.float32 for g in grads)
+    want = call(temporal_attention_reference, x, 3, {k: None if v is None else v.double() for k, v in w32.items()}, 3)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
