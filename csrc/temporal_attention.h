@@ -11,6 +11,11 @@
 
 namespace survgen {
 
+// kernels/reference.py's sinusoidal_frame_encoding(num_frames, channels): computed
+// in float64 on like's device, then cast to like's dtype, so it is the same
+// table, to the bit, that the reference adds. Defined in frame_encoding.cpp.
+at::Tensor frame_encoding_table(int64_t num_frames, int64_t channels, const at::Tensor& like);
+
 // x + out_proj(MHA(LayerNorm(x + PE))) over the num_frames frames at each
 // spatial position; returns a new contiguous (b·f, c, h, w) tensor.
 at::Tensor temporal_attention_forward_cpu(const at::Tensor& x, int64_t num_frames, const at::Tensor& norm_weight,

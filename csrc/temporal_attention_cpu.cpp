@@ -542,14 +542,7 @@ Operands prepare(const at::Tensor& x, int64_t num_frames, const at::Tensor& norm
   o.x = x.contiguous();
   o.shape = tile_shape(o.x, num_frames, heads);
   const int64_t f = num_frames, c = o.shape.channels;
-  // The sinusoidal encoding of reference.py, computed in float64 like it.
-  const auto position = at::arange(f, x.options().dtype(at::kDouble)).unsqueeze(1);
-  const auto even = at::arange(0, c, 2, x.options().dtype(at::kDouble));
-  const auto angle = position * at::exp(even * (-std::log(10000.0) / static_cast<double>(c)));
-  auto encoding = at::empty({f, c}, x.options().dtype(at::kDouble));
-  encoding.slice(1, 0, c, 2).copy_(at::sin(angle));
-  encoding.slice(1, 1, c, 2).copy_(at::cos(angle.slice(1, 0, c / 2)));
-  o.encoding = encoding.to(x.scalar_type()).contiguous();
+  o.encoding = frame_encoding_table(f, c, o.x);
   o.norm_weight = like(norm_weight);
   o.norm_bias = like(norm_bias);
   o.qkv_weight = like(qkv_weight);
