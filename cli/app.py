@@ -261,6 +261,10 @@ def _mount_subcommands() -> None:
     app.command("train-classifier")(user_errors(train_classifier_command))
     app.command("classify")(user_errors(classify_command))
 
+    from survgen.cli.evaluate import app as evaluate_app
+
+    app.add_typer(evaluate_app, name="evaluate", help="Measure generated videos: quality metrics and the downstream test.")
+
 
 _mount_subcommands()
 

@@ -192,16 +192,22 @@ def _summary(record: dict) -> str:
 
 # ---------------------------------------------------------------- training
 def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConfig, *, resume: bool = False,
-                     progress: bool = True) -> TrainResult:
-    """Train a video classifier on the clips of the dataset at `data` into the run folder `out`."""
+                     progress: bool = True, index: VideoIndex | None = None) -> TrainResult:
+    """Train a video classifier on the clips of the dataset at `data` into the run folder `out`.
+
+    `index`, when given, holds the clips to train on instead of those of `data`
+    (the downstream test trains on real plus synthetic clips); `data` then only
+    names the real dataset in run.json.
+    """
     out = Path(out)
     begin_run(out, "classifier", resume)
-    index = build_index(data, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride)
+    if index is None:
+        index = build_index(data, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride)
     vocabulary = index.vocabulary
     train_index, val_index = index.split_by_video(cfg.val_fraction, seed=cfg.split_seed)
     model_config = cfg.model_config(len(vocabulary))
     console = Console(stderr=True)
-    if progress and len(val_index) == 0:
+    if progress and len(val_index) == 0 and cfg.val_fraction > 0:
         console.print(f"{data}: no recording held out for validation (val_fraction {cfg.val_fraction}, "
                       f"{len(index.video_ids())} recording(s)); validation accuracy will not be measured")
 

@@ -1,0 +1,161 @@
+"""`survgen evaluate quality` and `survgen evaluate downstream`: measure generated videos, write a report.
+
+Registered on the app by `cli/app.py`'s `_mount_subcommands`. Tables go to
+stderr; the report folder's path to stdout.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from survgen.cli.app import err, user_errors
+
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
+                  help="Measure generated videos: quality metrics, and the downstream test the method exists for.")
+
+Report = Annotated[Path, typer.Option("--report", help="Folder for report.md, its plots and the results (JSON); "
+                                                         "re-run the same command to continue it.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
+
+
+def _command_line() -> str:
+    return shlex.join(["survgen", *sys.argv[1:]])
+
+
+def _fresh_folder(folder: Path, results_file: str) -> None:
+    if folder.exists() and any(folder.iterdir()) and not (folder / results_file).exists():
+        raise ValueError(f"{folder}: folder is not empty; choose a new --report")
+
+
+# ---------------------------------------------------------------- quality
+@app.command("quality")
+@user_errors
+def quality_command(
+    real: Annotated[Path, typer.Option("--real", help="Real dataset (SAR-RARP50 layout, or videos + labels CSV).")],
+    fake: Annotated[Path, typer.Option("--fake", help="Generated videos: a `survgen generate` folder (or any dataset).")],
+    report: Report,
+    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Classifier run whose features the metrics use by default (train it on the real data); default: the shipped one.")] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option("--inception-weights", help="Inception-v3 TorchScript file as clean-fid uses it (inception-2015-12-05.pt): for FID, KID, density/coverage.")] = None,
+    clip_weights: Annotated[Optional[Path], typer.Option("--clip-weights", help="Local Hugging Face folder of CLIP ViT-L/14: for CMMD.")] = None,
+    i3d_weights: Annotated[Optional[Path], typer.Option("--i3d-weights", help="I3D TorchScript file (i3d_torchscript.pt, as StyleGAN-V's FVD): for FVD.")] = None,
+    max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Frames per class and set, at most.")] = 1000,
+    max_clips: Annotated[int, typer.Option("--max-clips", min=1, help="Clips per class and set, at most (FVD).")] = 500,
+    seed: Annotated[int, typer.Option("--seed", help="Which real frames and clips are drawn.")] = 0,
+    quiet: Quiet = False,
+):
+    """FID, KID, CMMD, density/coverage (frames) and FVD (clips) of generated vs real videos, per class.
+
+    No weights are ever downloaded: without --inception-weights / --clip-weights / --i3d-weights the
+    features come from the survgen classifier, and every output says so.
+
+    Example: survgen evaluate quality --real data/synth --fake generated/G7 --report reports/quality-G7
+    """
+    from survgen.evaluation.features import ClassifierFeatures, ClipEmbeddings, I3DFeatures, InceptionFeatures
+    from survgen.evaluation.quality import Extractors, QualityConfig, evaluate_quality
+    from survgen.evaluation.report import write_quality_report
+    from survgen.io import write_json_atomic
+
+    _fresh_folder(report, "quality.json")
+    if classifier is None:
+        from survgen.generation.default import default_runs
+
+        classifier = default_runs()[1]
+    started = time.perf_counter()
+    own = ClassifierFeatures.from_run(classifier)
+    extractors = Extractors(frames=InceptionFeatures(inception_weights) if inception_weights else own,
+                            cmmd=ClipEmbeddings(clip_weights) if clip_weights else own,
+                            clips=I3DFeatures(i3d_weights) if i3d_weights else own)
+    cfg = QualityConfig(max_frames=max_frames, max_clips=max_clips, seed=seed)
+    results = evaluate_quality(real, fake, extractors, cfg, progress=not quiet)
+    seconds = time.perf_counter() - started
+    results["command"] = _command_line()
+    write_json_atomic(report / "quality.json", results)
+    write_quality_report(results, report, command=results["command"], seconds=seconds)
+
+    table = Table(title=f"quality of {fake} vs {real}")
+    for column in ("class", "frames real/gen", "FID", "KID", "CMMD", "density", "coverage", "FVD"):
+        table.add_column(column, justify="right")
+    rows = [(code, r) for code, r in results["per_class"].items() if "frames" in r]
+    rows += [("all", results["overall"])] if results["overall"] else []
+
+    def fmt(value, digits=2):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for code, r in rows:
+        prdc = r["prdc"] or {}
+        table.add_row(code, f"{r['frames']['real']}/{r['frames']['fake']}", fmt(r["fid"]),
+                      fmt(r["kid"]["mean"], 4) if r["kid"] else "-", fmt(r["cmmd"], 3),
+                      fmt(prdc.get("density"), 3), fmt(prdc.get("coverage"), 3), fmt(r["fvd"]))
+    err.print(table)
+    for name, extractor in results["extractors"].items():
+        err.print(f"{name}: features of {extractor}", highlight=False)
+    warned = sum(len(r.get("warnings", [])) for _, r in rows)
+    if warned:
+        err.print(f"[yellow]{warned} warning(s) about small sample sizes:[/] see {report / 'report.md'}",
+                  highlight=False)
+    typer.echo(str(report))
+
+
+# ---------------------------------------------------------------- downstream
+@app.command("downstream")
+@user_errors
+def downstream_command(
+    real: Annotated[Path, typer.Option("--real", help="Real training data (SAR-RARP50 layout, or videos + labels CSV).")],
+    synthetic: Annotated[list[Path], typer.Option("--synthetic", help="A `survgen generate` folder; repeatable. Generated with --keep-rejected, it also gives the arm without rejection sampling.")],
+    report: Report,
+    test: Annotated[Optional[Path], typer.Option("--test", help="Real test data (recordings no arm, nor the generator, trained on); default: --test-fraction of the --real recordings.")] = None,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of --real recordings held out for testing when no --test is given (split by video).")] = 0.2,
+    seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Training seed; repeatable (default 0, 1, 2).")] = None,
+    without_rs: Annotated[bool, typer.Option("--without-rs/--no-without-rs", help="Also train the arm without rejection sampling where the rejected videos were kept.")] = True,
+    preset: Annotated[str, typer.Option("--preset", help="Recogniser: tiny (CPU-sized) | r3d18.")] = "tiny",
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Frame size the recogniser sees (default: the preset's).")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps, the same for every arm.")] = 300,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per step, the same for every arm.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 3e-3,
+    balance: Annotated[str, typer.Option("--balance", help="loss: inverse-frequency class weights | sampler | none.")] = "loss",
+    quiet: Quiet = False,
+):
+    """The paper's experiment: train a recogniser on real, real + synthetic (with and without rejection
+    sampling), over 3 seeds, and score each class on real test videos.
+
+    Example: survgen evaluate downstream --real data/train --test data/test --synthetic generated/rare --report reports/downstream
+    """
+    import dataclasses
+
+    from survgen.evaluation.downstream import DownstreamConfig, run_downstream
+    from survgen.evaluation.report import mean_std_text, signed, write_downstream_report
+
+    _fresh_folder(report, "downstream.json")
+    base = DownstreamConfig()
+    classifier = dataclasses.replace(
+        base.classifier, preset=preset, image_size=image_size, balance=balance,
+        train=dataclasses.replace(base.classifier.train, steps=steps, batch_size=batch_size, lr=lr,
+                                  checkpoint_every=max(1, min(100, steps))))
+    cfg = DownstreamConfig(seeds=seeds or [0, 1, 2], without_rejection=without_rs, test_fraction=test_fraction,
+                           classifier=classifier)
+    results = run_downstream(real, synthetic, report, cfg, test=test, progress=not quiet)
+    write_downstream_report(results, report, command=_command_line())
+
+    summary = results["summary"]
+    rare = sorted({c for arm in results["arms"] for c in arm.get("synthetic_clips", {})})
+    table = Table(title=f"test videos: {results['test']['points']} time points ({len(cfg.seeds)} seeds)")
+    table.add_column("arm")
+    for column in ["balanced acc.", "macro F1"] + [f"Jaccard {c}" for c in rare]:
+        table.add_column(column, justify="right")
+    for name, entry in summary.items():
+        cells = [mean_std_text(entry["balanced_accuracy"]), mean_std_text(entry["macro_f1"])]
+        for code in rare:
+            j = entry["per_class"][code]["jaccard"]
+            delta = f" ({signed(j['delta'])})" if name != results["arms"][0]["name"] else ""
+            cells.append(mean_std_text(j) + delta)
+        table.add_row(name, *cells)
+    err.print(table)
+    err.print(f"report: {report / 'report.md'}", highlight=False)
+    typer.echo(str(report))

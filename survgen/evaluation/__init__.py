@@ -1,0 +1,1 @@
+"""Evaluation: quality metrics, feature extractors, the downstream rebalancing test and its report."""

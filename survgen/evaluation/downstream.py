@@ -1,0 +1,430 @@
+"""The downstream test: does adding generated videos make a recogniser better on the rare classes?
+
+The paper's experiment (Sec. 3.1.1, Tab. 2), on the user's data. A video
+classifier is trained on
+
+    (a) the real training videos only,
+    (b) real + the synthetic videos that passed rejection sampling,
+    (c) real + as many synthetic videos per class, taken in candidate order
+        whether accepted or not (the ablation without rejection sampling),
+
+each over the same seeds and with the same budget (steps × batch size), and
+scored on real test videos that none of the arms, nor the generator, trained
+on. The test set is a separate dataset folder, or a share of the real
+recordings split off by video (never by clip: neighbouring clips of one video
+overlap and look alike).
+
+Arm (c) needs the rejected candidates on disk (`survgen generate
+--keep-rejected`); a folder generated with `--reject-topk 0` is itself an arm
+without rejection sampling.
+
+Scoring follows the paper: the action at time t is the class of the clip
+centred on t, at every labelled time (SAR-RARP50 labels every 6th frame;
+clips near a video's ends are shifted inside it). Per class, the Jaccard index
+is computed per test video and averaged over the videos where the class
+occurs in the labels or the predictions ("video-wise"); F1 pools all time
+points. Balanced accuracy is the mean recall and macro F1 the mean F1 over the
+classes present in the test labels. For two-class tasks (e.g. staple line
+bleeding) balanced accuracy and the positive class's F1 are the headline.
+
+Output folder (resumable: a finished run is never retrained, a killed one
+continues from its checkpoint):
+
+    OUT/downstream.json            request, test set, per-run scores, summary over seeds
+    OUT/runs/ARM/seed-S/           each arm's classifier run (`survgen train-classifier` layout)
+    OUT/runs/ARM/seed-S/test.json  its predictions and scores on the test videos
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from survgen.classes import ClassVocabulary
+from survgen.config import config_to_dict
+from survgen.data.datasets import to_pixels
+from survgen.data.index import DatasetError, VideoIndex, build_index
+from survgen.data.video import read_frames
+from survgen.io import write_json_atomic, write_text_atomic
+from survgen.training.classifier import ClassifierStageConfig, load_classifier, train_classifier
+from survgen.training.loop import TrainConfig
+
+RESULTS = "downstream.json"
+TEST_RESULTS = "test.json"
+MANIFEST = "manifest.json"
+
+
+class DownstreamError(ValueError):
+    """A downstream request that cannot be run as given."""
+
+
+@dataclass
+class DownstreamConfig:
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    without_rejection: bool = True  # add arm (c) for every synthetic folder that kept its rejected videos
+    test_fraction: float = 0.2  # share of real recordings held out when no separate test folder is given
+    split_seed: int = 0
+    test_step: int = 6  # frames between scored time points (SAR-RARP50's label interval)
+    # The recogniser: the project's video classifier, trained for a fixed budget with no validation split
+    # (the test videos are the held-out set; the last weights are scored).
+    classifier: ClassifierStageConfig = field(default_factory=lambda: ClassifierStageConfig(
+        val_fraction=0.0, train=TrainConfig(steps=300, batch_size=16, lr=3e-3, weight_decay=0.05, ema_decay=0.0,
+                                            checkpoint_every=100, sample_every=10**9, log_every=10)))
+
+    def check(self) -> None:
+        problems = []
+        if not self.seeds:
+            problems.append("give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds repeat ({self.seeds})")
+        if not 0 < self.test_fraction < 1:
+            problems.append(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        if self.test_step < 1:
+            problems.append(f"--test-step must be at least 1, got {self.test_step}")
+        if self.classifier.val_fraction != 0:
+            problems.append("the downstream classifier trains on all its training videos (val_fraction 0): "
+                            "the test videos are the held-out set")
+        if problems:
+            raise DownstreamError("; ".join(problems))
+
+
+# ---------------------------------------------------------------- arms
+@dataclass
+class Arm:
+    """One training set: the real training clips plus (maybe) synthetic ones."""
+
+    name: str  # as printed in tables, e.g. "real + rare (top-3 RS)"
+    slug: str  # its folder under OUT/runs
+    synthetic: VideoIndex | None = None
+    source: dict = field(default_factory=dict)  # folder, rejection rule, videos per class
+
+    def synthetic_counts(self) -> dict[int, int]:
+        return self.synthetic.class_counts() if self.synthetic is not None else {}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "synthetic"
+
+
+def _synthetic_index(folder: Path, rows: list[tuple[str, int]], vocabulary: ClassVocabulary, cfg,
+                     labels_csv: Path | None = None) -> VideoIndex:
+    """The clips of generated videos `(file, class_id)`: each video is one labelled segment."""
+    index = build_index(folder, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride, layout="csv",
+                        labels_csv=labels_csv, vocabulary=vocabulary)
+    wanted = {f for f, _ in rows}
+    # video ids are made unique to the folder, so synthetic videos never share a "recording" with real ones
+    clips = [replace(c, video_id=f"{folder.name}/{c.video_id}") for c in index.clips
+             if c.video.relative_to(folder).as_posix() in wanted]
+    return replace(index, clips=clips)
+
+
+def synthetic_arms(folder: str | Path, vocabulary: ClassVocabulary, cfg: DownstreamConfig,
+                   work: Path) -> list[Arm]:
+    """The arms a `survgen generate` output folder gives: with rejection sampling, and without when possible."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        raise DownstreamError(f"{folder}: no {MANIFEST}; give the output folder of `survgen generate`")
+    manifest = json.loads(manifest_path.read_text())
+    stored = ClassVocabulary.for_folder(folder)
+    if tuple(stored.names) != tuple(vocabulary.names):
+        raise DownstreamError(f"{folder}: generated for classes {list(stored.names)}, but the real data has "
+                              f"{list(vocabulary.names)}; generate with a model trained on this dataset")
+    topk = manifest["request"]["config"]["reject_topk"]
+    records = manifest["videos"]
+    accepted = [(r["file"], r["class_id"]) for r in records if r["accepted"]]
+    if not accepted:
+        raise DownstreamError(f"{folder}: holds no accepted video yet; finish `survgen generate` first")
+    per_class = {c: sum(1 for _, k in accepted if k == c) for c in sorted({k for _, k in accepted})}
+    label = folder.name
+    arms = [Arm(name=f"real + {label} ({f'top-{topk} RS' if topk else 'no RS'})",
+                slug=_slug(f"{label}-{'rs' if topk else 'no-rs'}"),
+                synthetic=_synthetic_index(folder, accepted, vocabulary, cfg.classifier),
+                source={"folder": str(folder.resolve()), "reject_topk": topk, "rejection_sampling": bool(topk),
+                        "videos": {vocabulary.code(c): n for c, n in per_class.items()}})]
+    if not (cfg.without_rejection and topk):
+        return arms
+    # Arm (c): the same number of videos per class, the first candidates whatever the classifier said.
+    first: list[tuple[str, int]] = []
+    for class_id, n in per_class.items():
+        candidates = sorted((r for r in records if r["class_id"] == class_id), key=lambda r: r["candidate"])[:n]
+        if any(r["file"] is None for r in candidates):
+            return arms  # rejected videos were not kept: no arm without rejection sampling from this folder
+        first += [(r["file"], class_id) for r in candidates]
+    csv_path = work / f"{_slug(label)}-first-candidates.csv"  # rewritten on every run: a function of the manifest
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["video", "start_frame", "end_frame", "class"])
+    frames = manifest["request"]["config"]["num_frames"]
+    writer.writerows((file, 0, frames, class_id) for file, class_id in first)
+    write_text_atomic(csv_path, rows.getvalue())
+    arms.append(Arm(name=f"real + {label} (no RS)", slug=_slug(f"{label}-no-rs"),
+                    synthetic=_synthetic_index(folder, first, vocabulary, cfg.classifier, labels_csv=csv_path),
+                    source={"folder": str(folder.resolve()), "reject_topk": 0, "rejection_sampling": False,
+                            "videos": {vocabulary.code(c): n for c, n in per_class.items()},
+                            "chosen": "the first candidates of each class, accepted or not"}))
+    return arms
+
+
+def combine(real: VideoIndex, synthetic: VideoIndex | None) -> VideoIndex:
+    """The real clips followed by the synthetic ones, as one index to train on."""
+    if synthetic is None:
+        return real
+    return replace(real, clips=real.clips + synthetic.clips, segments=real.segments + synthetic.segments,
+                   videos={**real.videos, **synthetic.videos}, warnings=real.warnings + synthetic.warnings)
+
+
+# ---------------------------------------------------------------- test points
+@dataclass(frozen=True)
+class TimePoint:
+    """A labelled time of a test video and the clip centred on it."""
+
+    video: Path
+    video_id: str
+    time: int
+    frames: range
+    class_id: int
+
+
+def time_points(index: VideoIndex, step: int, warnings: list[str]) -> list[TimePoint]:
+    """Every `step`-th frame (0, step, 2·step, …) that carries a label, with the clip centred on it."""
+    span = (index.clip_length - 1) * index.frame_stride + 1
+    before = (index.clip_length // 2) * index.frame_stride
+    points = []
+    for segment in sorted(index.segments, key=lambda s: (str(s.video), s.start)):
+        n = index.videos[segment.video].num_frames
+        if n < span:
+            warnings.append(f"{segment.video}: {n} frames, shorter than one {span}-frame clip; not scored")
+            continue
+        for t in range(-(-segment.start // step) * step, min(segment.end, n), step):
+            start = min(max(t - before, 0), n - span)  # shifted inside the video near its ends
+            points.append(TimePoint(segment.video, segment.video_id, t,
+                                    range(start, start + span, index.frame_stride), segment.class_id))
+    return points
+
+
+@torch.no_grad()
+def predict(model, points: list[TimePoint], batch_size: int = 32) -> list[int]:
+    """The classifier's top-1 class for each point's clip; frames of a batch are decoded once."""
+    model.eval()
+    device = next(model.parameters()).device
+    size = model.config.image_size
+    predictions = []
+    for start in range(0, len(points), batch_size):
+        batch = points[start:start + batch_size]
+        clips = []
+        for video in dict.fromkeys(p.video for p in batch):
+            mine = [p for p in batch if p.video == video]
+            needed = sorted({f for p in mine for f in p.frames})
+            pixels = to_pixels(read_frames(video, needed), size)
+            row = {f: i for i, f in enumerate(needed)}
+            clips += [pixels[[row[f] for f in p.frames]] for p in mine]
+        logits = model(torch.stack(clips).to(device)).float()
+        predictions += logits.argmax(-1).tolist()
+    return predictions
+
+
+# ---------------------------------------------------------------- scores
+def scores(truth: list[int], predicted: list[int], videos: list[str], vocabulary: ClassVocabulary) -> dict:
+    """Per-class video-wise Jaccard and pooled F1, balanced accuracy, macro F1 and accuracy."""
+    k = len(vocabulary)
+    t, p = torch.tensor(truth), torch.tensor(predicted)
+    confusion = torch.bincount(t * k + p, minlength=k * k).view(k, k)  # rows: truth, columns: prediction
+    tp = confusion.diag()
+    support, called = confusion.sum(1), confusion.sum(0)
+    per_class, recalls, f1s = {}, [], []
+    for c in range(k):
+        jaccards = []
+        for video in dict.fromkeys(videos):
+            mask = torch.tensor([v == video for v in videos])
+            is_c, said_c = t[mask] == c, p[mask] == c
+            union = int((is_c | said_c).sum())
+            if union:
+                jaccards.append(int((is_c & said_c).sum()) / union)
+        denominator = int(support[c] + called[c])
+        f1 = 2 * int(tp[c]) / denominator if denominator else None
+        per_class[vocabulary.code(c)] = {
+            "jaccard": sum(jaccards) / len(jaccards) if jaccards else None,
+            "f1": f1,
+            "recall": int(tp[c]) / int(support[c]) if support[c] else None,
+            "support": int(support[c]),
+            "videos": len({v for v, y in zip(videos, truth) if y == c}),
+        }
+        if support[c]:
+            recalls.append(int(tp[c]) / int(support[c]))
+            f1s.append(f1)
+    result = {
+        "points": len(truth),
+        "accuracy": int(tp.sum()) / len(truth),
+        "balanced_accuracy": sum(recalls) / len(recalls),
+        "macro_f1": sum(f1s) / len(f1s),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+    if k == 2:  # a binary event (present / absent): the positive class's F1 is the headline
+        result["f1_positive"] = per_class[vocabulary.code(1)]["f1"]
+    return result
+
+
+def mean_std(values: list[float | None]) -> dict:
+    """Mean and sample standard deviation of the defined values (None where a seed had no score)."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(v) / len(v)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return {"mean": mean, "std": std, "n": len(v)}
+
+
+def summarise(runs: list[dict], arms: list[Arm], vocabulary: ClassVocabulary) -> dict:
+    """Per arm: every score as mean ± std over seeds, and each class's change against real only."""
+    summary = {}
+    for arm in arms:
+        mine = [r["test"] for r in runs if r["arm"] == arm.name]
+        entry = {key: mean_std([m[key] for m in mine]) for key in ("accuracy", "balanced_accuracy", "macro_f1")}
+        if len(vocabulary) == 2:
+            entry["f1_positive"] = mean_std([m["f1_positive"] for m in mine])
+        entry["per_class"] = {
+            code: {metric: mean_std([m["per_class"][code][metric] for m in mine]) for metric in ("jaccard", "f1")}
+            for code in (vocabulary.code(c) for c in range(len(vocabulary)))
+        }
+        entry["seeds"] = len(mine)
+        summary[arm.name] = entry
+    baseline = summary.get(arms[0].name)
+    for name, entry in summary.items():  # the change against arm (a), class by class
+        for code, metrics in entry["per_class"].items():
+            for metric, value in metrics.items():
+                base = baseline["per_class"][code][metric]["mean"]
+                value["delta"] = (value["mean"] - base) if value["mean"] is not None and base is not None else None
+    return summary
+
+
+# ---------------------------------------------------------------- the experiment
+def _request(real: Path, test: Path | None, synthetic: list[Path], cfg: DownstreamConfig) -> dict:
+    request = {"real": str(real.resolve()), "test": str(test.resolve()) if test else None,
+               "synthetic": [str(s.resolve()) for s in synthetic], "config": config_to_dict(cfg)}
+    return json.loads(json.dumps(request))  # as it reads back from downstream.json (tuples become lists)
+
+
+def _open(out: Path, request: dict) -> None:
+    path = out / RESULTS
+    if path.exists():
+        old = json.loads(path.read_text()).get("request")
+        if old != request:
+            changed = sorted(k for k in set(old or {}) | set(request) if (old or {}).get(k) != request.get(k))
+            raise DownstreamError(f"{out}: holds a downstream test with other options (differs in: "
+                                  f"{', '.join(changed)}); re-run the same command to continue it, or choose a new --report")
+    elif out.exists() and any(out.iterdir()):
+        raise DownstreamError(f"{out}: folder is not empty and holds no {RESULTS}; choose a new --report")
+
+
+def generator_saw_test(synthetic: Path, test_videos: list[Path]) -> str | None:
+    """A warning when the generator behind `synthetic` was trained on a folder holding a test video, else None."""
+    from survgen.runs import read_run
+
+    try:
+        manifest = json.loads((synthetic / MANIFEST).read_text())
+        run = read_run(manifest["request"]["model"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if not run.data:
+        return None
+    data = Path(run.data).resolve()
+    leaked = [v for v in test_videos if v.resolve().is_relative_to(data)]
+    if leaked:
+        return (f"{synthetic}: its generator ({run.folder}) was trained on {data}, which holds test "
+                f"video(s) such as {leaked[0]}: the synthetic arms may have seen the test set")
+    return None
+
+
+def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Path, cfg: DownstreamConfig, *,
+                   test: str | Path | None = None, progress: bool = True) -> dict:
+    """Train and score every arm over every seed; returns (and writes to OUT/downstream.json) the results."""
+    from rich.console import Console
+
+    cfg.check()
+    real, out = Path(real), Path(out)
+    synthetic = [Path(s) for s in synthetic]
+    test = Path(test) if test is not None else None
+    request = _request(real, test, synthetic, cfg)
+    _open(out, request)
+    console = Console(stderr=True)
+    clf = cfg.classifier
+    real_index = build_index(real, clip_length=clf.clip_length, frame_stride=clf.frame_stride)
+    vocabulary = real_index.vocabulary
+    if test is None:
+        train_index, test_index = real_index.split_by_video(cfg.test_fraction, seed=cfg.split_seed)
+        if len(test_index) == 0:
+            raise DownstreamError(f"{real}: too few recordings ({len(real_index.video_ids())}) to hold out a test "
+                                  "set; give a separate one with --test DIR")
+    else:
+        train_index = real_index
+        test_index = build_index(test, clip_length=clf.clip_length, frame_stride=clf.frame_stride,
+                                 vocabulary=vocabulary)
+        shared = set(train_index.videos) & set(test_index.videos)
+        if shared:
+            raise DownstreamError(f"{test}: shares video files with {real} (e.g. {sorted(shared)[0]}); the test "
+                                  "videos must be recordings no arm trains on")
+    arms = [Arm(name="real", slug="real")]
+    for folder in synthetic:
+        arms += synthetic_arms(folder, vocabulary, cfg, out / "runs")
+    warnings = [w for w in (generator_saw_test(s, list(test_index.videos)) for s in synthetic) if w]
+    points = time_points(test_index, cfg.test_step, warnings)
+    if not points:
+        raise DatasetError(f"{test or real}: no labelled time point in the test videos to score")
+    truth = [p.class_id for p in points]
+    test_videos = [p.video_id for p in points]
+    results = {
+        "request": request,
+        "vocabulary": vocabulary.to_dict(),
+        "train": {"videos": train_index.video_ids(), "clips": {vocabulary.code(c): n for c, n in
+                                                               train_index.class_counts().items()}},
+        "test": {"videos": test_index.video_ids(), "points": len(points),
+                 "points_per_class": {vocabulary.code(c): truth.count(c) for c in range(len(vocabulary))},
+                 "videos_per_class": {vocabulary.code(c): len({v for v, y in zip(test_videos, truth) if y == c})
+                                      for c in range(len(vocabulary))}},
+        "arms": [{"name": a.name, "slug": a.slug, **a.source,
+                  "synthetic_clips": {vocabulary.code(c): n for c, n in a.synthetic_counts().items() if n}}
+                 for a in arms],
+        "runs": [], "warnings": warnings,
+    }
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for arm in arms:
+        index = combine(train_index, arm.synthetic)
+        for seed in cfg.seeds:
+            folder = out / "runs" / arm.slug / f"seed-{seed}"
+            done = folder / TEST_RESULTS
+            if done.exists():
+                record = json.loads(done.read_text())
+            else:
+                if progress:
+                    console.print(f"[bold]{arm.name}[/], seed {seed}: training on {len(index)} clips "
+                                  f"({clf.train.steps} steps × {clf.train.batch_size})", highlight=False)
+                run_cfg = dataclasses.replace(clf, train=dataclasses.replace(clf.train, seed=seed))
+                train_classifier(real, folder, run_cfg, resume=(folder / "run.json").exists(), progress=progress,
+                                 index=index)
+                model, _, _ = load_classifier(folder)
+                predicted = predict(model, points)
+                record = {"arm": arm.name, "seed": seed, "train_clips": len(index),
+                          "test": scores(truth, predicted, test_videos, vocabulary),
+                          "predictions": [{"video": str(p.video), "time": p.time, "truth": p.class_id, "predicted": y}
+                                          for p, y in zip(points, predicted)]}
+                write_json_atomic(done, record)
+            results["runs"].append({k: v for k, v in record.items() if k != "predictions"})
+            results["summary"] = summarise(results["runs"], arms, vocabulary)
+            write_json_atomic(out / RESULTS, results)
+    results["seconds_this_session"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(out / RESULTS, results)
+    return results

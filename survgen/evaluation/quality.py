@@ -1,0 +1,172 @@
+"""`survgen evaluate quality`: how close generated videos are to real ones, per class and overall.
+
+Frame level (each generated frame against the real frames of its class): FID,
+KID, CMMD, and precision / recall / density / coverage. Video level: FVD (the
+Fréchet distance between clip features). The sets are compared at the
+generated videos' frame size (real frames are resized to it).
+
+The features come from pluggable extractors (`survgen.evaluation.features`):
+
+- offline default for everything: the project's video classifier trained on
+  the real data (frame features from still clips, clip features from clips);
+- `inception`: Inception-v3 (clean-fid's TorchScript file) for FID, KID and
+  density/coverage; `clip`: CLIP ViT-L/14 for CMMD; `i3d`: I3D for FVD.
+
+Every result names the extractor it was computed with, since numbers from
+different extractors (or from different sample sizes) are not comparable.
+Real frames and clips are subsampled (seeded) to at most `max_frames` /
+`max_clips` per class; the sample sizes are part of the results.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from survgen.data.datasets import to_pixels
+from survgen.data.index import VideoIndex, build_index
+from survgen.data.video import probe_video, read_frames
+from survgen.evaluation import metrics
+from survgen.evaluation.features import FeatureExtractor
+
+
+@dataclass
+class QualityConfig:
+    max_frames: int = 1000  # per class and set: frames for FID, KID, CMMD, density/coverage
+    max_clips: int = 500  # per class and set: clips for FVD
+    kid_subsets: int = 100
+    nearest_k: int = 5  # density and coverage
+    seed: int = 0  # which real frames and clips are drawn
+
+    def check(self) -> None:
+        for name in ("max_frames", "max_clips", "kid_subsets", "nearest_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Extractors:
+    """Which network gives the features of each metric."""
+
+    frames: FeatureExtractor  # FID, KID, precision/recall/density/coverage
+    cmmd: FeatureExtractor
+    clips: FeatureExtractor  # FVD
+
+    def names(self) -> dict:
+        return {"fid_kid_density_coverage": self.frames.name, "cmmd": self.cmmd.name, "fvd": self.clips.name}
+
+
+@dataclass
+class Features:
+    """The features of one class of one set, for each metric (computed from pixels a chunk at a time)."""
+
+    frames: torch.Tensor  # (n, d): FID, KID, density/coverage
+    cmmd: torch.Tensor  # (n, d')
+    clips: torch.Tensor  # (b, d'')
+
+
+CHUNK = 64  # frames or clips decoded at once: memory stays small at any frame size
+
+
+def _draw(items: list, n: int, rng: random.Random) -> list:
+    return items if len(items) <= n else sorted(rng.sample(items, n), key=items.index)
+
+
+def class_features(index: VideoIndex, class_id: int, size: int, extractors: Extractors, cfg: QualityConfig,
+                   rng: random.Random) -> Features | None:
+    """Features of up to `max_frames` distinct frames and `max_clips` clips of one class (None: no clip)."""
+    clips = [c for c in index.clips if c.class_id == class_id]
+    if not clips:
+        return None
+    frames = _draw(list(dict.fromkeys((c.video, f) for c in clips for f in index.frames(c))), cfg.max_frames, rng)
+    clips = _draw(clips, cfg.max_clips, rng)
+    frame_features, cmmd_features, clip_features = [], [], []
+    for start in range(0, len(frames), CHUNK):
+        pixels = torch.cat([to_pixels(read_frames(video, [f]), size) for video, f in frames[start:start + CHUNK]])
+        frame_features.append(extractors.frames.frame_features(pixels))
+        if extractors.cmmd is not extractors.frames:
+            cmmd_features.append(extractors.cmmd.frame_features(pixels))
+    for start in range(0, len(clips), CHUNK):
+        pixels = torch.stack([to_pixels(read_frames(c.video, index.frames(c)), size) for c in clips[start:start + CHUNK]])
+        clip_features.append(extractors.clips.clip_features(pixels))
+    frame_features = torch.cat(frame_features)
+    return Features(frame_features, torch.cat(cmmd_features) if cmmd_features else frame_features,
+                    torch.cat(clip_features))
+
+
+def _metric(result: dict, warnings: list[str], name: str, fn, *args, **kwargs) -> None:
+    """Run one metric; a set too small for it gives None and a warning, not a failed evaluation."""
+    try:
+        result[name] = fn(*args, **kwargs)
+    except metrics.MetricInputError as e:
+        result[name] = None
+        warnings.append(f"{name}: not computed ({e})")
+
+
+def compare(real: Features, fake: Features, cfg: QualityConfig) -> dict:
+    """Every metric between two sets of features, with the sample sizes and the warnings that apply."""
+    n_real, n_fake = len(real.frames), len(fake.frames)
+    subset = min(metrics.KID_MAX_SUBSET, n_real, n_fake)
+    result = {"frames": {"real": n_real, "fake": n_fake}, "clips": {"real": len(real.clips), "fake": len(fake.clips)}}
+    warnings = metrics.small_sample_warnings(n_real, n_fake, real.frames.shape[1], kid_subset_size=subset,
+                                             k=cfg.nearest_k)
+    warnings += ["FVD" + w[len("FID/FVD"):] for w in metrics.small_sample_warnings(len(real.clips), len(fake.clips),
+                                                                       real.clips.shape[1]) if w.startswith("FID")]
+    _metric(result, warnings, "fid", metrics.frechet_distance, real.frames, fake.frames)
+    _metric(result, warnings, "kid", metrics.kernel_distance, real.frames, fake.frames, subsets=cfg.kid_subsets,
+            seed=cfg.seed)
+    _metric(result, warnings, "cmmd", metrics.cmmd, real.cmmd, fake.cmmd)
+    _metric(result, warnings, "prdc", metrics.density_coverage, real.frames, fake.frames, k=cfg.nearest_k)
+    _metric(result, warnings, "fvd", metrics.frechet_distance, real.clips, fake.clips)
+    result["warnings"] = warnings
+    return result
+
+
+def _pooled(features: list[Features]) -> Features:
+    return Features(*(torch.cat([getattr(f, name) for f in features]) for name in ("frames", "cmmd", "clips")))
+
+
+def evaluate_quality(real: str | Path, fake: str | Path, extractors: Extractors, cfg: QualityConfig | None = None,
+                     *, progress: bool = True) -> dict:
+    """Metrics between the real dataset at `real` and the generated (or any) dataset at `fake`.
+
+    Per class of `fake` (against the real clips of that class) and overall (all
+    those classes pooled). Returns a JSON-ready dict.
+    """
+    from rich.console import Console
+
+    cfg = cfg or QualityConfig()
+    cfg.check()
+    real, fake = Path(real), Path(fake)
+    fake_index = build_index(fake)
+    real_index = build_index(real, vocabulary=fake_index.vocabulary)
+    vocabulary = fake_index.vocabulary
+    size = probe_video(fake_index.clips[0].video).height
+    rng = random.Random(cfg.seed)
+    console = Console(stderr=True)
+    classes = sorted({c.class_id for c in fake_index.clips})
+    per_class, real_features, fake_features = {}, [], []
+    for class_id in classes:
+        code = vocabulary.code(class_id)
+        real_class = class_features(real_index, class_id, size, extractors, cfg, rng)
+        if real_class is None:
+            per_class[code] = {"warnings": [f"{real}: no real clip of {code} to compare with"]}
+            continue
+        fake_class = class_features(fake_index, class_id, size, extractors, cfg, rng)
+        per_class[code] = compare(real_class, fake_class, cfg)
+        if progress:
+            console.print(f"{code}: {per_class[code]['frames']['real']} real vs {per_class[code]['frames']['fake']} "
+                          f"generated frames, {per_class[code]['clips']['real']} vs {per_class[code]['clips']['fake']} "
+                          "clips", highlight=False)
+        real_features.append(real_class)
+        fake_features.append(fake_class)
+    if not real_features:
+        raise ValueError(f"{real}: holds no clip of the generated classes "
+                         f"({', '.join(vocabulary.code(c) for c in classes)}); compare with the dataset they came from")
+    overall = compare(_pooled(real_features), _pooled(fake_features), cfg) if len(real_features) > 1 else None
+    return {"real": str(real.resolve()), "fake": str(fake.resolve()), "frame_size": size,
+            "extractors": extractors.names(), "config": asdict(cfg), "vocabulary": vocabulary.to_dict(),
+            "per_class": per_class, "overall": overall}

@@ -1,0 +1,347 @@
+"""The evaluation report a person reads: `report.md` plus the PNGs and GIFs it shows.
+
+Every number in a report comes from the results dict of the run that writes it
+(`run_downstream`, `evaluate_quality`); the report names the command, the
+inputs and the checkpoints (with their hashes from the generation manifest)
+that produced them. Pictures:
+
+    class_balance_real.png, class_balance_with_synthetic.png   clips per class before and after
+    scores_jaccard.png, scores_f1.png                          per-class scores of the arms, ± std over seeds
+    acceptance.png                                             acceptance rate of rejection sampling per class
+    real_vs_generated.png                                      real and generated frames, a row pair per class
+    generated_GK.gif                                           a few generated clips of class K side by side
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from survgen import __version__
+from survgen.classes import ClassVocabulary
+from survgen.data.datasets import to_pixels
+from survgen.data.index import build_index
+from survgen.data.stats import class_balance_plot
+from survgen.data.video import read_frames, write_video
+from survgen.io import atomic_path, write_text_atomic
+from survgen.visualize import grid, save_png, to_uint8
+
+REPORT = "report.md"
+EXAMPLES_PER_CLASS = 8  # frames per row of the real-vs-generated grid
+GIF_CLIPS = 4  # clips side by side in a class's GIF strip
+ARM_COLOURS = ("#7f7f7f", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e")
+
+
+# ---------------------------------------------------------------- formatting
+def number(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def mean_std_text(entry: dict, digits: int = 3) -> str:
+    if entry["mean"] is None:
+        return "–"
+    return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}" if entry["n"] > 1 else f"{entry['mean']:.{digits}f}"
+
+
+def signed(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:+.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def provenance(command: str | None, seconds: float | None, resumable: bool = False) -> str:
+    """Who made this report, when, where and how."""
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    lines = [f"- made by: `{command}`" if command else "- made from Python (no command line)",
+             f"- date: {now}; survgen {__version__}",
+             f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} "
+             f"{platform.release()}, Python {platform.python_version()}"]
+    if seconds is not None:
+        resumed = " in this session (runs finished by an earlier session of a resumed job are not counted)"
+        lines.append(f"- time: {seconds / 60:.1f} min{resumed if resumable else ''}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plots
+def _figure(width: float, height: float):
+    # The object-oriented Agg canvas draws without pyplot, so no global matplotlib backend is touched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+def score_bars(summary: dict, metric: str, labels: dict[str, str], path: Path, title: str) -> Path:
+    """Grouped bars: one group per class (`labels`: code -> tick label), one bar per arm, ± one std over seeds."""
+    arms, codes = list(summary), list(labels)
+    figure = _figure(max(6.0, 0.3 * len(codes) * len(arms) + 1.5), 4.4)
+    ax = figure.add_subplot()
+    width = 0.8 / len(arms)
+    for a, arm in enumerate(arms):
+        entries = [summary[arm]["per_class"][c][metric] for c in codes]
+        x = [i + (a - (len(arms) - 1) / 2) * width for i in range(len(codes))]
+        ax.bar(x, [e["mean"] or 0.0 for e in entries], width, yerr=[e["std"] or 0.0 for e in entries],
+               capsize=2, label=f"{arm} ({summary[arm]['seeds']} seeds)", color=ARM_COLOURS[a % len(ARM_COLOURS)])
+    ax.set_xticks(range(len(codes)), [labels[c] for c in codes], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, len(arms)))
+    return _save(figure, path)
+
+
+def acceptance_plot(per_class: dict, path: Path, title: str) -> Path:
+    """Bars of accepted / candidates per class, from a generation manifest's summary."""
+    codes = list(per_class)
+    rates = [per_class[c]["acceptance_rate"] or 0.0 for c in codes]
+    figure = _figure(max(4.0, 1.0 * len(codes) + 2), 3.6)
+    ax = figure.add_subplot()
+    bars = ax.bar(range(len(codes)), rates, color="#1b9e77")
+    for bar, code in zip(bars, codes):
+        entry = per_class[code]
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02,
+                f"{entry['accepted']}/{entry['candidates']}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(codes)), codes)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("accepted / candidates")
+    ax.set_title(title)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(figure, path)
+
+
+# ---------------------------------------------------------------- pictures of the data
+def _middle_frames(index, clips, size: int) -> np.ndarray:
+    """The middle frame of each clip, `(n, size, size, 3)` uint8."""
+    frames = []
+    for clip in clips:
+        middle = list(index.frames(clip))[len(index.frames(clip)) // 2]
+        frames.append(to_pixels(read_frames(clip.video, [middle]), size)[0])
+    return to_uint8(torch.stack(frames))
+
+
+def _spread(items: list, n: int) -> list:
+    """Up to `n` items spread evenly over the list (so not all from one video)."""
+    if len(items) <= n:
+        return items
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:1]
+
+
+def accepted_videos(folder: Path) -> list[dict]:
+    """The accepted candidates of a `survgen generate` folder, in candidate order, with files on disk."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [v for v in manifest["videos"] if v["accepted"] and v["file"]]
+
+
+def real_vs_generated(real: Path, synthetic: Path, codes: list[str], path: Path) -> Path | None:
+    """For each class: a row of real frames and a row of generated ones, at the generated videos' size."""
+    videos = accepted_videos(synthetic)
+    real_index = build_index(real)
+    vocabulary = real_index.vocabulary
+    rows, labels = [], []
+    for code in codes:
+        class_id = vocabulary.resolve(code)
+        mine = [v for v in videos if v["class_id"] == class_id]
+        if not mine:
+            continue
+        generated = []
+        for v in _spread(mine, EXAMPLES_PER_CLASS):
+            frames = read_frames(synthetic / v["file"], [v["frames"] // 2])
+            generated.append(frames[0])
+        generated = np.stack(generated)
+        size = generated.shape[1]
+        clips = _spread([c for c in real_index.clips if c.class_id == class_id], EXAMPLES_PER_CLASS)
+        if clips:
+            rows.append(_middle_frames(real_index, clips, size))
+            labels.append(f"real {code}")
+        rows.append(generated)
+        labels.append(f"generated {code}")
+    if not rows:
+        return None
+    return save_png(grid(rows, labels), path)
+
+
+def gif_strip(synthetic: Path, code: str, vocabulary: ClassVocabulary, path: Path, fps: float = 8.0) -> Path | None:
+    """A looping GIF of a few accepted videos of one class side by side."""
+    class_id = vocabulary.resolve(code)
+    mine = [v for v in accepted_videos(synthetic) if v["class_id"] == class_id][:GIF_CLIPS]
+    if not mine:
+        return None
+    clips = [read_frames(synthetic / v["file"], range(v["frames"])) for v in mine]
+    length = min(len(c) for c in clips)
+    pad = np.full((length, clips[0].shape[1], 2, 3), 255, dtype=np.uint8)
+    strip = np.concatenate([part for c in clips for part in (c[:length], pad)][:-1], axis=2)
+    return write_video(path, strip, fps=fps)
+
+
+# ---------------------------------------------------------------- sections shared by both reports
+def synthetic_section(real: Path, synthetic: Path, folder: Path, heading: str = "##") -> str:
+    """Acceptance per class, real vs generated frames and GIF strips of one generation folder."""
+    manifest = json.loads((synthetic / "manifest.json").read_text())
+    vocabulary = ClassVocabulary.for_folder(synthetic)
+    per_class = manifest["summary"]["per_class"]
+    config = manifest["request"]["config"]
+    slug = synthetic.name
+    topk = config["reject_topk"]
+    lines = [f"{heading} Synthetic videos: `{synthetic}`", "",
+             f"- generator: `{manifest['model']['run']}` (temporal weights sha256 "
+             f"`{manifest['model']['temporal_sha256'][:16]}…`, spatial U-Net sha256 "
+             f"`{(manifest['model'].get('spatial_unet_sha256') or '–')[:16]}…`)",
+             f"- rejection classifier: `{manifest['request']['classifier']}`, keep a video iff its class is in the "
+             f"top-{topk}" if topk else "- no rejection sampling (`--reject-topk 0`)",
+             f"- sampler {config['sampler']}, {config['steps']} steps, guidance {config['guidance']}, "
+             f"{config['num_frames']} frames, seed {config['seed']}", ""]
+    rows = [[code, vocabulary.name(vocabulary.resolve(code)), str(e["candidates"]), str(e["accepted"]),
+             number(e["acceptance_rate"], 2)] for code, e in per_class.items()]
+    lines += [markdown_table(["class", "action", "candidates", "accepted", "acceptance rate"], rows, "llrrr"), ""]
+    if topk:
+        acceptance_plot(per_class, folder / f"acceptance_{slug}.png", f"Rejection sampling (top-{topk}): {slug}")
+        lines += [f"![acceptance per class](acceptance_{slug}.png)", ""]
+    codes = list(per_class)
+    if real_vs_generated(real, synthetic, codes, folder / f"real_vs_generated_{slug}.png"):
+        lines += ["Real frames (middle frame of clips spread over the real data) and generated frames "
+                  "(middle frame of accepted videos):", "", f"![real vs generated](real_vs_generated_{slug}.png)", ""]
+    gifs = [(code, gif_strip(synthetic, code, vocabulary, folder / f"generated_{slug}_{code}.gif", config["fps"]))
+            for code in codes]
+    gifs = [(code, p) for code, p in gifs if p]
+    if gifs:
+        lines += ["Accepted videos, the first few of each class:", ""]
+        lines += [f"{code}: ![generated {code}]({p.name})" for code, p in gifs] + [""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the downstream report
+def write_downstream_report(results: dict, folder: str | Path, *, command: str | None = None) -> Path:
+    """`folder/report.md` and its pictures from `run_downstream`'s results."""
+    folder = Path(folder)
+    vocabulary = ClassVocabulary.from_dict(results["vocabulary"])
+    codes = [vocabulary.code(c) for c in range(len(vocabulary))]
+    summary = results["summary"]
+    arms = results["arms"]
+    config = results["request"]["config"]
+    clf = config["classifier"]
+    rare = sorted({code for arm in arms for code in arm.get("synthetic_clips", {})}, key=codes.index)
+    real_name = arms[0]["name"]
+
+    lines = ["# Downstream test: does synthetic data help the recogniser?", "",
+             provenance(command, results.get("seconds_this_session"), resumable=True), "",
+             "## Set-up", "",
+             f"- real training data: `{results['request']['real']}` ({len(results['train']['videos'])} recordings)",
+             f"- test data: {'`' + results['request']['test'] + '`' if results['request']['test'] else 'held out from the real data, split by recording'} "
+             f"({len(results['test']['videos'])} recordings, {results['test']['points']} labelled time points, "
+             f"one every {config['test_step']} frames)",
+             f"- recogniser: survgen video classifier, preset `{clf['preset']}`"
+             f"{', ' + str(clf['image_size']) + ' px' if clf['image_size'] else ''}, {clf['clip_length']}-frame "
+             f"clips; {clf['train']['steps']} steps × batch {clf['train']['batch_size']}, lr {clf['train']['lr']}, "
+             f"class balance `{clf['balance']}`; the same budget for every arm",
+             f"- seeds: {', '.join(map(str, config['seeds']))} (mean ± sample standard deviation over them)", ""]
+    rows = [[a["name"], ", ".join(f"{c} +{n}" for c, n in a.get("synthetic_clips", {}).items()) or "–",
+             "yes" if a.get("rejection_sampling") else ("–" if a["name"] == real_name else "no")] for a in arms]
+    lines += [markdown_table(["arm", "synthetic clips added", "rejection sampling"], rows, "lll"), ""]
+
+    lines += ["## Results on the test videos", ""]
+    headline = ["balanced_accuracy", "macro_f1", "accuracy"] + (["f1_positive"] if len(vocabulary) == 2 else [])
+    rows = [[arm] + [mean_std_text(summary[arm][k]) for k in headline] for arm in summary]
+    lines += [markdown_table(["arm"] + [k.replace("_", " ") for k in headline], rows), ""]
+    for metric, title in (("jaccard", "Jaccard index per class (video-wise, as in the paper)"),
+                          ("f1", "F1 per class (all test time points)")):
+        header = ["class", "test points"] + [f"{arm}" for arm in summary] + [f"Δ {arm}" for arm in list(summary)[1:]]
+        rows = []
+        for code in codes:
+            entries = [summary[arm]["per_class"][code][metric] for arm in summary]
+            mark = " (rare)" if code in rare else ""
+            rows.append([f"{code}{mark}", str(results["test"]["points_per_class"][code])]
+                        + [mean_std_text(e) for e in entries] + [signed(e["delta"]) for e in entries[1:]])
+        lines += [f"### {title}", "", markdown_table(header, rows), "",
+                  f"Δ: change of the mean against `{real_name}`. "
+                  + ("Classes with synthetic videos: " + ", ".join(rare) + "." if rare else ""), ""]
+        ticks = {code: code + ("*" if code in rare else "")
+                 + ("" if results["test"]["points_per_class"][code] else "\n(not in test)") for code in codes}
+        score_bars(summary, metric, ticks, folder / f"scores_{metric}.png", title + "; * synthetic videos added")
+        lines += [f"![{metric} per class](scores_{metric}.png)", ""]
+
+    lines += ["## Class balance", ""]
+    train_clips = {vocabulary.resolve(c): n for c, n in results["train"]["clips"].items()}
+    class_balance_plot(train_clips, vocabulary, folder / "class_balance_real.png", "Training clips: real only")
+    lines += ["![real](class_balance_real.png)", ""]
+    with_synthetic = next((a for a in arms if a.get("rejection_sampling")), arms[1] if len(arms) > 1 else None)
+    if with_synthetic is not None:
+        added = {c: n + with_synthetic.get("synthetic_clips", {}).get(vocabulary.code(c), 0)
+                 for c, n in train_clips.items()}
+        class_balance_plot(added, vocabulary, folder / "class_balance_with_synthetic.png",
+                           f"Training clips: {with_synthetic['name']}")
+        lines += ["![with synthetic](class_balance_with_synthetic.png)", ""]
+
+    real = Path(results["request"]["real"])
+    for synthetic in results["request"]["synthetic"]:
+        lines += [synthetic_section(real, Path(synthetic), folder), ""]
+    if results.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in results["warnings"]] + [""]
+    lines += ["## Files", "", "- `downstream.json`: every number above, per run and summarised",
+              "- `runs/ARM/seed-S/`: each classifier run; `test.json` there holds its per-time-point predictions", ""]
+    path = folder / REPORT
+    write_text_atomic(path, "\n".join(lines))
+    return path
+
+
+# ---------------------------------------------------------------- the quality report
+def _quality_row(label: str, r: dict) -> list[str]:
+    kid = r.get("kid")
+    prdc = r.get("prdc") or {}
+    return [label, f"{r['frames']['real']} / {r['frames']['fake']}", f"{r['clips']['real']} / {r['clips']['fake']}",
+            number(r.get("fid"), 2), f"{kid['mean']:.4f} ± {kid['std']:.4f}" if kid else "–", number(r.get("cmmd"), 3),
+            *(number(prdc.get(k), 3) for k in ("precision", "recall", "density", "coverage")), number(r.get("fvd"), 2)]
+
+
+def write_quality_report(results: dict, folder: str | Path, *, command: str | None = None,
+                         seconds: float | None = None) -> Path:
+    """`folder/report.md` (and the pictures of the generated set) from `evaluate_quality`'s results."""
+    folder = Path(folder)
+    extractors = results["extractors"]
+    lines = ["# Quality of generated videos", "", provenance(command, seconds), "",
+             f"- real: `{results['real']}`", f"- generated: `{results['fake']}`",
+             f"- compared at {results['frame_size']}×{results['frame_size']} px (real frames resized to the "
+             "generated size); real frames and clips drawn at random (seed "
+             f"{results['config']['seed']}), at most {results['config']['max_frames']} frames and "
+             f"{results['config']['max_clips']} clips per class", "",
+             "Feature extractors (numbers computed with different extractors, or at different sample sizes, are "
+             "**not comparable**):", "",
+             f"- FID, KID, precision/recall/density/coverage: {extractors['fid_kid_density_coverage']}",
+             f"- CMMD (σ = 10, ×1000): {extractors['cmmd']}", f"- FVD: {extractors['fvd']}", ""]
+    header = ["class", "frames real / gen", "clips real / gen", "FID ↓", "KID ↓", "CMMD ↓", "precision ↑",
+              "recall ↑", "density ↑", "coverage ↑", "FVD ↓"]
+    rows = [_quality_row(code, r) for code, r in results["per_class"].items() if "frames" in r]
+    if results.get("overall"):
+        rows.append(_quality_row("all", results["overall"]))
+    lines += [markdown_table(header, rows), ""]
+    warnings = [(code, w) for code, r in results["per_class"].items() for w in r.get("warnings", [])]
+    warnings += [("all", w) for w in (results.get("overall") or {}).get("warnings", [])]
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {code}: {w}" for code, w in warnings] + [""]
+    fake = Path(results["fake"])
+    if (fake / "manifest.json").exists():
+        lines += [synthetic_section(Path(results["real"]), fake, folder), ""]
+    lines += ["`quality.json` holds every number above.", ""]
+    path = folder / REPORT
+    write_text_atomic(path, "\n".join(lines))
+    return path

@@ -1,0 +1,201 @@
+"""The downstream test and its report: scores against hand-computed values, the arms, and a run end to end."""
+
+import json
+
+import pytest
+
+from survgen.classes import ClassVocabulary
+from survgen.evaluation.downstream import (DownstreamConfig, DownstreamError, mean_std, run_downstream, scores,
+                                           summarise, time_points)
+from survgen.generation.run import GenerationConfig, generate
+from survgen.training.classifier import ClassifierStageConfig
+
+BINARY = ClassVocabulary(names=("no bleeding", "staple line bleeding"))
+
+
+def test_jaccard_is_per_video_then_averaged_and_f1_pools_all_points():
+    vocabulary = ClassVocabulary(names=("a", "b", "c"))
+    # video v1: truth a a b b, predicted a b b b -> class a: 1/2, class b: 2/3, class c: absent (skipped)
+    # video v2: truth c c a,   predicted c a a   -> class a: 1/2, class b: absent, class c: 1/2
+    truth = [0, 0, 1, 1, 2, 2, 0]
+    predicted = [0, 1, 1, 1, 2, 0, 0]
+    videos = ["v1"] * 4 + ["v2"] * 3
+    s = scores(truth, predicted, videos, vocabulary)
+    a, b, c = (s["per_class"][k] for k in ("G0", "G1", "G2"))
+    assert a["jaccard"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert b["jaccard"] == pytest.approx(2 / 3)  # v2 has no b in truth nor prediction: not averaged in
+    assert c["jaccard"] == pytest.approx(1 / 2)
+    # pooled: a has TP 2, FP 1, FN 1 -> F1 4/6; b TP 2, FP 1, FN 0 -> 4/5; c TP 1, FP 0, FN 1 -> 2/3
+    assert (a["f1"], b["f1"], c["f1"]) == pytest.approx((4 / 6, 4 / 5, 2 / 3))
+    assert s["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)
+    assert s["macro_f1"] == pytest.approx((4 / 6 + 4 / 5 + 2 / 3) / 3)
+    assert s["accuracy"] == pytest.approx(5 / 7)
+    assert s["confusion"][0] == [2, 1, 0] and "f1_positive" not in s
+
+
+def test_a_class_predicted_where_it_never_occurs_scores_zero_jaccard_in_that_video():
+    vocabulary = ClassVocabulary(names=("a", "b"))
+    s = scores([0, 0, 1, 0], [1, 0, 1, 0], ["v1", "v1", "v2", "v2"], vocabulary)
+    assert s["per_class"]["G1"]["jaccard"] == pytest.approx((0 + 1) / 2)
+
+
+def test_binary_tasks_report_the_positive_class_f1():
+    s = scores([0, 0, 0, 1, 1], [0, 0, 1, 1, 0], ["v"] * 5, BINARY)
+    assert s["f1_positive"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    assert s["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_mean_std_is_the_sample_standard_deviation_over_defined_values():
+    assert mean_std([1.0, 2.0, 3.0, None]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert mean_std([None]) == {"mean": None, "std": None, "n": 0}
+
+
+def test_test_points_sit_on_the_label_grid_with_clips_inside_the_video(synth_dataset):
+    from survgen.data.index import build_index
+
+    index = build_index(synth_dataset)
+    warnings = []
+    points = time_points(index, 6, warnings)
+    assert not warnings and points
+    for p in points[:200]:
+        n = index.videos[p.video].num_frames
+        assert p.time % 6 == 0 and len(p.frames) == 16 and p.frames[0] >= 0 and p.frames[-1] < n
+        segment = next(s for s in index.segments if s.video == p.video and s.start <= p.time < s.end)
+        assert p.class_id == segment.class_id
+        if 8 <= p.time <= n - 8:
+            assert p.frames[0] == p.time - 8  # centred where the video allows it
+
+
+def test_summary_gives_the_change_against_real_only():
+    vocabulary = ClassVocabulary(names=("a", "b", "c"))
+
+    def run(arm, j):
+        per_class = {"G0": {"jaccard": j, "f1": j}, "G1": {"jaccard": None, "f1": 0.5}, "G2": {"jaccard": 0, "f1": 0}}
+        return {"arm": arm, "test": {"accuracy": j, "balanced_accuracy": j, "macro_f1": j, "per_class": per_class}}
+
+    class Arm:
+        def __init__(self, name):
+            self.name = name
+
+    summary = summarise([run("real", 0.2), run("real", 0.4), run("plus", 0.5), run("plus", 0.7)],
+                        [Arm("real"), Arm("plus")], vocabulary)
+    assert summary["plus"]["per_class"]["G0"]["jaccard"]["delta"] == pytest.approx(0.3)
+    assert summary["plus"]["per_class"]["G1"]["jaccard"]["delta"] is None
+    assert summary["real"]["balanced_accuracy"]["mean"] == pytest.approx(0.3)
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def generated(temporal_run, tmp_path_factory):
+    """A generation folder for G7: judged by a scripted classifier that rejects every other candidate."""
+    from test_generation import ScriptedClassifier
+
+    from survgen.training.stage2 import load_video_model
+
+    judge = ScriptedClassifier([7, 0, 1], [0, 1, 2])  # G7 in the top-3, then not
+    out = tmp_path_factory.mktemp("gen") / "rare"
+    cfg = GenerationConfig(classes=["G7"], n=2, batch_size=1, steps=2, keep_rejected=True)
+    generate(temporal_run, out, cfg, classifier="scripted", progress=False,
+             loaded=(load_video_model(temporal_run), (judge, ClassVocabulary())))
+    return out
+
+
+def tiny_config(**options) -> DownstreamConfig:
+    from conftest import fast_train
+
+    classifier = ClassifierStageConfig(image_size=16, val_fraction=0.0, train=fast_train(steps=2, batch_size=4))
+    return DownstreamConfig(**{"seeds": [0, 1], "test_fraction": 0.25, "classifier": classifier, **options})
+
+
+def test_the_runner_trains_every_arm_and_seed_and_writes_a_report(synth_dataset, generated, tmp_path):
+    from survgen.evaluation.report import write_downstream_report
+
+    out = tmp_path / "downstream"
+    results = run_downstream(synth_dataset, [generated], out, tiny_config(), progress=False)
+    names = [a["name"] for a in results["arms"]]
+    assert names == ["real", "real + rare (top-3 RS)", "real + rare (no RS)"]
+    # the arm without rejection takes the first candidates (accepted 0, rejected 1) as many as were accepted
+    assert results["arms"][1]["synthetic_clips"] == results["arms"][2]["synthetic_clips"] == {"G7": 2}
+    assert len(results["runs"]) == 6 and set(results["summary"]) == set(names)
+    no_rs = (out / "runs" / "rare-first-candidates.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in no_rs] == ["videos/G7_00000.mp4", "rejected/G7_00001.mp4"]
+    assert results["runs"][0]["train_clips"] + 2 == results["runs"][2]["train_clips"]
+    # the test videos are recordings no arm trained on, and the generator's data held them: a warning says so
+    assert not set(results["test"]["videos"]) & set(results["train"]["videos"])
+    assert any("may have seen the test set" in w for w in results["warnings"])
+    for arm in ("real", "rare-rs", "rare-no-rs"):
+        for seed in (0, 1):
+            record = json.loads((out / "runs" / arm / f"seed-{seed}" / "test.json").read_text())
+            assert len(record["predictions"]) == results["test"]["points"]
+
+    report = write_downstream_report(results, out, command="survgen evaluate downstream ...")
+    text = report.read_text()
+    for picture in ("scores_jaccard.png", "scores_f1.png", "class_balance_real.png",
+                    "class_balance_with_synthetic.png", "acceptance_rare.png", "real_vs_generated_rare.png",
+                    "generated_rare_G7.gif"):
+        assert (out / picture).stat().st_size > 0 and picture in text
+    balanced = results["summary"]["real"]["balanced_accuracy"]
+    assert f"{balanced['mean']:.3f} ± {balanced['std']:.3f}" in text  # the report shows this run's numbers
+
+    # a second run of the same request retrains nothing; another request into the folder is refused
+    again = run_downstream(synth_dataset, [generated], out, tiny_config(), progress=False)
+    assert again["runs"] == results["runs"]
+    with pytest.raises(DownstreamError, match="other options"):
+        run_downstream(synth_dataset, [generated], out, tiny_config(seeds=[5]), progress=False)
+
+
+def test_bad_requests_are_refused_with_the_fix(synth_dataset, tmp_path):
+    with pytest.raises(DownstreamError, match="no manifest.json"):
+        run_downstream(synth_dataset, [synth_dataset], tmp_path / "a", tiny_config(), progress=False)
+    with pytest.raises(DownstreamError, match="shares video files"):
+        run_downstream(synth_dataset, [], tmp_path / "b", tiny_config(), test=synth_dataset, progress=False)
+    with pytest.raises(DownstreamError, match="seeds repeat"):
+        run_downstream(synth_dataset, [], tmp_path / "c", tiny_config(seeds=[1, 1]), progress=False)
+
+
+# ---------------------------------------------------------------- quality
+def test_quality_of_a_set_against_itself_is_perfect_and_the_extractor_is_named(generated, tmp_path):
+    from survgen.evaluation.features import ClassifierFeatures
+    from survgen.evaluation.quality import Extractors, QualityConfig, evaluate_quality
+    from survgen.evaluation.report import write_quality_report
+    from survgen.models.classifier import ClassifierConfig, VideoClassifier
+
+    own = ClassifierFeatures(VideoClassifier(ClassifierConfig.preset("tiny", image_size=16)), "random tiny classifier")
+    extractors = Extractors(frames=own, cmmd=own, clips=own)
+    # the generated folder is a dataset too: compared with itself every frame and clip is drawn, so the sets are equal
+    results = evaluate_quality(generated, generated, extractors, QualityConfig(kid_subsets=5), progress=False)
+    g7 = results["per_class"]["G7"]
+    assert g7["frames"] == {"real": 32, "fake": 32} and g7["clips"] == {"real": 2, "fake": 2}
+    assert abs(g7["fid"]) < 1e-3 and abs(g7["cmmd"]) < 1e-6 and g7["prdc"]["coverage"] == 1.0
+    assert results["extractors"]["fvd"] == "random tiny classifier" and results["overall"] is None
+    assert any(w.startswith("FVD") for w in g7["warnings"])  # 2 clips: the report must say the number means little
+    report = write_quality_report(results, tmp_path, command="survgen evaluate quality ...").read_text()
+    assert "random tiny classifier" in report and "not comparable" in report and f"{g7['fid']:.2f}" in report
+    assert (tmp_path / "generated_rare_G7.gif").exists()
+
+
+def test_the_evaluate_commands_write_reports_and_refuse_bad_input(synth_dataset, generated, tmp_path):
+    from typer.testing import CliRunner
+
+    from survgen.cli.app import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "quality", "--real", str(generated), "--fake", str(generated),
+                                 "--report", str(tmp_path / "q"), "--max-frames", "16", "--quiet"])
+    assert result.exit_code == 0, result.output
+    quality = json.loads((tmp_path / "q" / "quality.json").read_text())
+    assert "shipped" in quality["extractors"]["cmmd"] or "assets/default/classifier" in quality["extractors"]["cmmd"]
+    assert quality["per_class"]["G7"]["frames"]["fake"] == 16
+
+    result = runner.invoke(app, ["evaluate", "downstream", "--real", str(synth_dataset), "--synthetic", str(generated),
+                                 "--report", str(tmp_path / "d"), "--seed", "0", "--steps", "1", "--batch-size", "2",
+                                 "--image-size", "16", "--test-fraction", "0.25", "--no-without-rs", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "d" / "report.md").exists() and "real + rare (top-3 RS)" in result.output
+
+    result = runner.invoke(app, ["evaluate", "quality", "--real", str(tmp_path / "nowhere"), "--fake", str(generated),
+                                 "--report", str(tmp_path / "q2")])
+    assert result.exit_code == 2 and "nowhere: no such folder" in " ".join(result.output.split())  # rich wraps
+    result = runner.invoke(app, ["evaluate", "downstream", "--real", str(synth_dataset), "--synthetic", str(generated),
+                                 "--report", str(tmp_path / "q")])  # a folder holding something else
+    assert result.exit_code == 2 and "not empty" in " ".join(result.output.split())
