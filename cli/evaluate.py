@@ -132,8 +132,7 @@ def downstream_command(
     from survgen.evaluation.downstream import DownstreamConfig, run_downstream
     from survgen.evaluation.report import mean_std_text, signed, write_downstream_report
 
-    _fresh_folder(report, "downstream.json")
-    base = DownstreamConfig()
+    base = DownstreamConfig()  # run_downstream refuses a --report folder holding something else
     classifier = dataclasses.replace(
         base.classifier, preset=preset, image_size=image_size, balance=balance,
         train=dataclasses.replace(base.classifier.train, steps=steps, batch_size=batch_size, lr=lr,

@@ -85,7 +85,11 @@ def class_features(index: VideoIndex, class_id: int, size: int, extractors: Extr
     clips = _draw(clips, cfg.max_clips, rng)
     frame_features, cmmd_features, clip_features = [], [], []
     for start in range(0, len(frames), CHUNK):
-        pixels = torch.cat([to_pixels(read_frames(video, [f]), size) for video, f in frames[start:start + CHUNK]])
+        chunk = frames[start:start + CHUNK]
+        by_video: dict = {}
+        for video, f in chunk:  # one read per video and chunk, not one per frame
+            by_video.setdefault(video, []).append(f)
+        pixels = torch.cat([to_pixels(read_frames(video, fs), size) for video, fs in by_video.items()])
         frame_features.append(extractors.frames.frame_features(pixels))
         if extractors.cmmd is not extractors.frames:
             cmmd_features.append(extractors.cmmd.frame_features(pixels))

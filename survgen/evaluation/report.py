@@ -135,8 +135,8 @@ def _middle_frames(index, clips, size: int) -> np.ndarray:
     """The middle frame of each clip, `(n, size, size, 3)` uint8."""
     frames = []
     for clip in clips:
-        middle = list(index.frames(clip))[len(index.frames(clip)) // 2]
-        frames.append(to_pixels(read_frames(clip.video, [middle]), size)[0])
+        frames_of_clip = index.frames(clip)
+        frames.append(to_pixels(read_frames(clip.video, [frames_of_clip[len(frames_of_clip) // 2]]), size)[0])
     return to_uint8(torch.stack(frames))
 
 
