@@ -55,7 +55,7 @@ def _synchronize():
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
 def test_tiny_training_step(benchmark, tiny_video_unet, checkpointing, backend):
     tiny_video_unet.enable_gradient_checkpointing(checkpointing)
-    params = list(tiny_video_unet.temporal_parameters().values())
+    params = list(tiny_video_unet.trainable_parameters().values())
     latents, t, text, labels = _video_inputs(tiny_video_unet, 16)
 
     def step():
@@ -68,7 +68,8 @@ def test_tiny_training_step(benchmark, tiny_video_unet, checkpointing, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("preset, size", [("tiny", 16), ("sd15", 32)], ids=["tiny", "sd15"])
+@pytest.mark.parametrize("preset, size", [("tiny", 16), pytest.param("sd15", 32, marks=pytest.mark.paper_scale)],
+                         ids=["tiny", "sd15"])
 def test_forward(benchmark, request, preset, size, backend):
     model = request.getfixturevalue(f"{preset}_video_unet")
     benchmark.group = f"video U-Net forward, {preset}, 2 videos x 16 frames at {size}x{size} latents"

@@ -110,9 +110,13 @@ def _print_result(result, out: Path) -> None:
 @user_errors
 def info(
     preset: Annotated[Optional[str], typer.Option(help="Also report parameter counts of this preset (tiny | sd15).")] = None,
+    arch: Annotated[str, typer.Option(help="Video model of those counts: survgen | lvdm | endora.")] = "survgen",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ):
-    """Versions, device, kernel backends (and why not), parameter counts of a preset."""
+    """Versions, device, kernel backends (and why not), parameter counts of a preset.
+
+    Example: survgen info --arch endora --preset sd15
+    """
     import diffusers
     import torch
     import transformers
@@ -138,7 +142,7 @@ def info(
     if preset:
         from survgen.models.counts import preset_parameter_counts
 
-        report["parameters"] = preset_parameter_counts(preset)
+        report["parameters"] = {"arch": arch, "preset": preset, **preset_parameter_counts(preset, arch)}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -220,7 +224,11 @@ def train_temporal(
     spatial: Annotated[Optional[Path], typer.Option(help="Stage-1 run folder (or a diffusers SD folder).")] = None,
     classes: Annotated[Optional[list[str]], typer.Option("--class", help="Class to learn, by code (G7), id or name; repeatable.")] = None,
     resume: Resume = False,
-    attention_layers: Annotated[Optional[int], typer.Option(help="Self-attention sub-layers per temporal block.")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="survgen (temporal blocks on the frozen spatial model) | lvdm | endora (baselines, trained whole).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Frame size to train at (default: the spatial model's).")] = None,
+    attention_layers: Annotated[Optional[int], typer.Option(help="survgen: self-attention sub-layers per temporal block.")] = None,
+    prior_dino: Annotated[Optional[str], typer.Option(help="endora: local DINO ViT folder; adds Endora's prior loss.")] = None,
+    prior_weight: Annotated[Optional[float], typer.Option(help="endora: weight α of the prior loss (Endora: 0.5).")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")] = None,
     attention: AttentionBackend = None,
     steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
@@ -229,11 +237,16 @@ def train_temporal(
 ):
     """Stage 2: freeze the spatial model, train temporal blocks + class embedding on clips of a class.
 
-    Example: survgen train-temporal --data data/synth --spatial runs/spatial --class G7 --out runs/temporal-G7
+    With --arch lvdm or endora, train the paper's baselines instead: a whole video model in the same latent space.
+
+    Examples:
+      survgen train-temporal --data data/synth --spatial runs/spatial --class G7 --out runs/temporal-G7
+      survgen train-temporal --data data/synth --spatial runs/spatial --class G7 --arch endora --out runs/endora-G7
     """
     from survgen.training.stage2 import TemporalStageConfig, train_temporal as run_stage
 
-    overrides = dict(classes=classes or None, attention_layers=attention_layers,
+    overrides = dict(arch=arch, classes=classes or None, image_size=image_size, attention_layers=attention_layers,
+                     prior_dino=prior_dino, prior_weight=prior_weight,
                      gradient_checkpointing=gradient_checkpointing, sample_steps=sample_steps,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay,
                                         checkpoint_every, sample_every, seed))

@@ -17,13 +17,14 @@ err = Console(stderr=True)
 def generate_command(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (re-run the same command to continue it); default generated/<classes>.")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Stage-2 run folder (`survgen train-temporal`); default: the shipped tiny model.")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="survgen | lvdm | endora: the --model run's architecture, checked (default: whatever it is). Only survgen has a shipped model.")] = None,
     classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Classifier run folder (`survgen train-classifier`); default: the shipped one with the shipped model.")] = None,
     classes: Annotated[Optional[list[str]], typer.Option("--class", help="Class to generate, by code (G7), id or name; repeatable.")] = None,
     n: Annotated[int, typer.Option("--n", help="Accepted videos per class.")] = 8,
     reject_topk: Annotated[int, typer.Option("--reject-topk", help="Keep a video iff its class is in the classifier's top-k; 0 keeps all.")] = 3,
     max_candidates: Annotated[Optional[int], typer.Option("--max-candidates", help="Cap on candidates per class (default 20 × n).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Videos per forward pass.")] = 4,
-    sampler: Annotated[str, typer.Option("--sampler", help="ddim | dpm++.")] = "ddim",
+    sampler: Annotated[str, typer.Option("--sampler", help="ddim | dpm++ | ddpm (ancestral; Endora's).")] = "ddim",
     steps: Annotated[int, typer.Option("--steps", help="Sampler steps.")] = 25,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")] = 3.0,
     frames: Annotated[int, typer.Option("--frames", help="Frames per video.")] = 16,
@@ -40,10 +41,19 @@ def generate_command(
     """
     from survgen.generation.default import default_runs
     from survgen.generation.run import GenerationConfig, generate
+    from survgen.models.video_models import check_arch
+    from survgen.training.stage2 import run_arch
 
+    if arch is not None:
+        check_arch(arch)
     if model is None:  # the shipped tiny model, judged by the shipped classifier unless another is given
+        if arch not in (None, "survgen"):
+            raise ValueError(f"no {arch} model ships with survgen; train one with `survgen train-temporal --arch {arch} "
+                             "--data DIR --spatial RUN --class G7 --out RUN` and pass --model RUN")
         model, shipped_classifier = default_runs()
         classifier = classifier or shipped_classifier
+    elif arch is not None and run_arch(model) != arch:
+        raise ValueError(f"{model}: a {run_arch(model)} model, not {arch}; drop --arch or pass a {arch} run")
     out = out or Path("generated") / "-".join(classes or ["G7"]).replace("/", "_").replace(" ", "_")
     cfg = GenerationConfig(classes=classes or ["G7"], n=n, reject_topk=reject_topk, max_candidates=max_candidates,
                            batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance,

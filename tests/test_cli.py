@@ -35,6 +35,17 @@ def test_info_reports_versions_backends_and_parameter_counts():
     assert counts["total"] == counts["spatial_unet"] + counts["vae"] + counts["text_encoder"] + counts["stage2_trainable"]
 
 
+def test_info_counts_each_architecture_at_paper_scale():
+    for arch, video_model in (("lvdm", 508_715_268), ("endora", 532_631_824)):
+        result = invoke("info", "--arch", arch, "--preset", "sd15", "--json")
+        assert result.exit_code == 0, result.output
+        counts = json.loads(result.stdout)["parameters"]
+        assert counts["arch"] == arch and counts[f"{arch}_video_model"] == counts["stage2_trainable"] == video_model
+        assert counts["total"] == counts["vae"] + counts["text_encoder"] + video_model
+        assert counts["paper_trainable"] in (548_000_000, 675_000_000)
+    assert invoke("info", "--arch", "sora", "--preset", "tiny").exit_code == 2
+
+
 @pytest.fixture(scope="module")
 def cli_runs(synth_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")

@@ -31,7 +31,7 @@ def _inputs(b=2, f=3, h=16, w=16, seed=0):
 def _perturb_temporal(model: VideoUNet, scale=0.05):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for p in model.temporal_parameters().values():
+        for p in model.trainable_parameters().values():
             p.add_(scale * torch.randn(p.shape, generator=g))
 
 
@@ -75,12 +75,12 @@ def test_only_temporal_parameters_are_trainable_and_change(tiny_folder):
     video = VideoUNet(UNet2DConditionModel.from_pretrained(tiny_folder / "unet", local_files_only=True),
                       TemporalConfig(num_classes=8, heads=4))
     trainable = {n for n, p in video.named_parameters() if p.requires_grad}
-    assert trainable == set(video.temporal_parameters())
+    assert trainable == set(video.trainable_parameters())
     assert trainable and not any(n.startswith("unet.") for n in trainable)
     assert any(n.startswith("class_embedding") for n in trainable)
 
     before = {n: p.detach().clone() for n, p in video.named_parameters()}
-    opt = torch.optim.AdamW(video.temporal_parameters().values(), lr=1e-2)
+    opt = torch.optim.AdamW(video.trainable_parameters().values(), lr=1e-2)
     latents, t, text, labels = _inputs()
     for _ in range(2):  # two steps: the first only moves the zero-initialised output projections
         opt.zero_grad()
@@ -90,7 +90,7 @@ def test_only_temporal_parameters_are_trainable_and_change(tiny_folder):
         if n.startswith("unet."):
             assert p.grad is None, f"{n} got a gradient"
             assert torch.equal(p, before[n]), f"spatial weight {n} changed"
-    changed = [n for n, p in video.temporal_parameters().items() if not torch.equal(p, before[n])]
+    changed = [n for n, p in video.trainable_parameters().items() if not torch.equal(p, before[n])]
     assert any("class_embedding" in n for n in changed)
     assert len(changed) > len(trainable) // 2
 
@@ -105,7 +105,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_folder):
         video.zero_grad()
         video.enable_gradient_checkpointing(checkpointing)
         video(latents, t, text, labels).square().mean().backward()
-        return {n: p.grad.clone() for n, p in video.temporal_parameters().items()}
+        return {n: p.grad.clone() for n, p in video.trainable_parameters().items()}
 
     plain, ckpt = grads(False), grads(True)
     for n in plain:
@@ -133,7 +133,7 @@ def test_video_unet_uses_the_fused_kernel_and_matches_the_reference(tiny_folder)
         with use_backend(backend):
             out = video(latents, t, text, labels)
             out.square().mean().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in video.temporal_parameters().items()}
+        return out.detach(), {n: p.grad.clone() for n, p in video.trainable_parameters().items()}
 
     fused, fused_grads = run("cpu")
     reference, reference_grads = run("reference")

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 
 SAMPLERS = {
     "ddim": DDIMScheduler,
     "dpm++": DPMSolverMultistepScheduler,
+    "ddpm": DDPMScheduler,  # ancestral: fresh noise every step (Latte's and Endora's sampler, 250 steps)
 }
 
 
@@ -36,11 +37,13 @@ def sample_latents(
     *,
     steps: int,
     guidance: float,
+    generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from the standard Gaussian `noise` with classifier-free guidance.
 
     The caller draws `noise` (one generator per video makes each video a function of its
-    own seed, whatever batch it lands in); both samplers are deterministic from there.
+    own seed, whatever batch it lands in); DDIM and DPM-Solver++ are deterministic from
+    there, and DDPM draws each step's noise from `generators` (one per video).
     guidance = 1 still evaluates both branches' batch layout but uses only the
     conditional output, so the result does not depend on the guidance path taken.
     """
@@ -52,5 +55,5 @@ def sample_latents(
         model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
         uncond, cond = predict(model_in, t).chunk(2)
         output = uncond + guidance * (cond - uncond)
-        x = scheduler.step(output, t, x).prev_sample
+        x = scheduler.step(output, t, x, generator=generators).prev_sample
     return x

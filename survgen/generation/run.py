@@ -138,12 +138,12 @@ class Judge:
         return self.classifier(x[:, : self.span : self.stride]).float().softmax(-1).cpu()
 
 
-def model_fingerprint(model_run: Path, spatial_dir: Path) -> dict:
+def model_fingerprint(model_run: Path, spatial_dir: Path, arch: str) -> dict:
     """Hashes of the weights a video came from, for the manifest."""
     temporal = model_run / "model" / "temporal.safetensors"
     unet = spatial_dir / "unet" / "diffusion_pytorch_model.safetensors"
-    return {"run": str(model_run), "temporal_sha256": file_sha256(temporal),
-            "spatial_unet_sha256": file_sha256(unet) if unet.exists() else None}
+    return {"run": str(model_run), "arch": arch, "temporal_sha256": file_sha256(temporal),
+            "spatial_unet_sha256": file_sha256(unet) if unet.exists() and arch == "survgen" else None}
 
 
 def _request(cfg: GenerationConfig, model: Path, classifier: Path | None) -> dict:
@@ -193,12 +193,13 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
              progress: bool = True, loaded=None) -> dict:
     """Generate until `cfg.n` videos per class are accepted (or the candidate cap is hit); returns the manifest.
 
-    `loaded` may pass in already-loaded `(video_unet, spatial, run)` and `(classifier, vocabulary)` to skip loading.
+    `loaded` may pass in already-loaded `(video_model, spatial, run)` and `(classifier, vocabulary)` to skip loading.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from survgen.data.video import write_video
+    from survgen.models.video_models import arch_of
     from survgen.training.stage1 import spatial_model_dir
     from survgen.training.stage2 import load_video_model
 
@@ -207,7 +208,11 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
     if cfg.reject_topk > 0 and classifier is None:
         raise GenerationError("rejection sampling needs --classifier RUN (a `survgen train-classifier` run); "
                               "or pass --reject-topk 0 to keep every video")
-    video_unet, spatial, run = loaded[0] if loaded else load_video_model(model)
+    video_model, spatial, run = loaded[0] if loaded else load_video_model(model)
+    if not loaded and torch.cuda.is_available():  # loaders give CPU models; sample where it is fast
+        video_model.to("cuda")
+        spatial.vae.to("cuda")
+        spatial.text_encoder.to("cuda")
     vocabulary = run.vocabulary
     class_ids = [vocabulary.resolve(c) for c in cfg.classes]
     judge = None
@@ -218,6 +223,7 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
             from survgen.training.classifier import load_classifier
 
             classifier_model, classifier_vocab, _ = load_classifier(classifier)
+            classifier_model.to(next(video_model.parameters()).device)
         judge = Judge(classifier_model, classifier_vocab, vocabulary, str(classifier))
         if cfg.num_frames < judge.span:
             raise GenerationError(f"{classifier}: the classifier reads {judge.span}-frame clips; "
@@ -228,10 +234,10 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
     request = _request(cfg, model, classifier)
     manifest = _open_output(out, request)
     if manifest is None:
-        fingerprint = model_fingerprint(model, spatial_model_dir(run.parent_path))
+        fingerprint = model_fingerprint(model, spatial_model_dir(run.parent_path), arch_of(video_model))
         manifest = {"request": request, "model": fingerprint, "videos": [], "summary": {}}
     videos: list[dict] = manifest["videos"]
-    sampler = VideoSampler(video_unet, spatial, vocabulary)
+    sampler = VideoSampler(video_model, spatial, vocabulary)
     console = Console(stderr=True)
     sheet = {"accepted": [], "rejected": []}  # (frames, label) of this session's first few videos
 

@@ -1,8 +1,9 @@
 """Sample class-conditioned videos from the video U-Net: text prompt + class embedding + guidance.
 
 Each video is a function of its own seed: its starting noise comes from a generator
-seeded with it, and both samplers (DDIM with η = 0, DPM-Solver++) are deterministic
-from there, so a video can be regenerated from the manifest whatever batch it was in.
+seeded with it; DDIM (η = 0) and DPM-Solver++ are deterministic from there, and
+DDPM draws each step's noise from that same generator, so a video can be
+regenerated from the manifest whatever batch it was in.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from survgen.classes import ClassVocabulary
 from survgen.diffusion.sampling import SAMPLERS, make_sampler, sample_latents
 from survgen.models.spatial import SpatialModel
-from survgen.models.video_unet import VideoUNet
+from survgen.models.video_models import VideoModel
 
 MAX_SAMPLER_STEPS = 1000
 MAX_GUIDANCE = 50.0
@@ -30,44 +31,49 @@ def check_sampling_options(sampler: str, steps: int, guidance: float) -> None:
         raise ValueError(f"--guidance must be between 0 and {MAX_GUIDANCE} (1 = no guidance), got {guidance}")
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, ...], device) -> torch.Tensor:
-    """One standard-normal latent of `shape` per seed, each from its own CPU generator."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+def noise_generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def initial_noise(generators: list[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
+    """One standard-normal latent of `shape` per video, each from its own CPU generator."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
 
 @dataclass
 class VideoSampler:
-    video_unet: VideoUNet
+    video_model: VideoModel
     spatial: SpatialModel
     vocabulary: ClassVocabulary
 
     @property
     def device(self) -> torch.device:
-        return next(self.video_unet.parameters()).device
+        return next(self.video_model.parameters()).device
 
     def latent_shape(self, num_frames: int) -> tuple[int, int, int, int]:
-        cfg = self.video_unet.unet.config
-        return (cfg.in_channels, num_frames, cfg.sample_size, cfg.sample_size)
+        size = self.video_model.latent_size
+        return (self.video_model.latent_channels, num_frames, size, size)
 
     @torch.no_grad()
     def sample(self, class_ids: list[int], seeds: list[int], *, num_frames: int = 16, steps: int = 25,
                guidance: float = 3.0, sampler: str = "ddim") -> torch.Tensor:
         """Videos `(b, f, 3, H, W)` in [-1, 1], one per (class, seed) pair, sampled as one batch."""
         check_sampling_options(sampler, steps, guidance)
-        was_training = self.video_unet.training
-        self.video_unet.eval()
+        was_training = self.video_model.training
+        self.video_model.eval()
         device = self.device
         labels = torch.tensor(class_ids, device=device)
         text = self.spatial.encode_prompts(self.vocabulary.prompts() + [""]).to(device)
         cond_text, uncond_text = text[labels], text[-1:].expand(len(labels), -1, -1)
-        null = torch.full_like(labels, self.video_unet.null_class)
+        null = torch.full_like(labels, self.video_model.null_class)
 
         def predict(x, t):  # unconditional half first, as sample_latents expects
-            return self.video_unet(x, t, torch.cat([uncond_text, cond_text]), torch.cat([null, labels]))
+            return self.video_model(x, t, torch.cat([uncond_text, cond_text]), torch.cat([null, labels]))
 
-        noise = initial_noise(seeds, self.latent_shape(num_frames), device)
+        generators = noise_generators(seeds)
+        noise = initial_noise(generators, self.latent_shape(num_frames), device)
         latents = sample_latents(predict, make_sampler(sampler, self.spatial.noise_scheduler.config), noise,
-                                 steps=steps, guidance=guidance)
+                                 steps=steps, guidance=guidance, generators=generators)
         frames = self.spatial.decode_latents(latents.transpose(1, 2).flatten(0, 1))  # (b·f, 3, H, W)
-        self.video_unet.train(was_training)
+        self.video_model.train(was_training)
         return frames.reshape(len(class_ids), num_frames, *frames.shape[1:]).clamp(-1, 1)

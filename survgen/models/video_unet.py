@@ -40,6 +40,7 @@ class TemporalConfig:
     attention_layers: int = 1  # self-attention sub-layers per temporal block (AnimateDiff uses 2)
     mlp_ratio: int = 4
     max_frames: int = 32
+    latent_size: int | None = None  # latent frame size stage 2 trained at; None: the U-Net's sample_size
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,15 +105,20 @@ class VideoUNet(nn.Module):
     def freeze_spatial(self) -> None:
         """Stage 2 trains only the temporal blocks and the class embedding."""
         self.unet.requires_grad_(False)
-        for p in self.temporal_parameters().values():
+        for p in self.trainable_parameters().values():
             p.requires_grad_(True)
 
-    def temporal_parameters(self) -> dict[str, nn.Parameter]:
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The stage-2 parameters by name: every temporal block and the class embedding."""
         return {n: p for n, p in self.named_parameters() if not n.startswith("unet.")}
 
-    def temporal_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.temporal_parameters().items()}
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def latent_size(self) -> int:
+        return self.config.latent_size or self.unet.config.sample_size
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.gradient_checkpointing = enabled

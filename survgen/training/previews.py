@@ -8,7 +8,7 @@ import torch
 
 from survgen.classes import ClassVocabulary
 from survgen.diffusion.sampling import make_sampler, sample_latents
-from survgen.generation.sampler import VideoSampler, initial_noise
+from survgen.generation.sampler import VideoSampler, initial_noise, noise_generators
 from survgen.models.spatial import SpatialModel
 from survgen.visualize import grid, save_png, to_uint8
 
@@ -31,7 +31,7 @@ def write_image_samples(spatial: SpatialModel, path: Path, vocabulary: ClassVoca
     def predict(x, t):
         return unet(x, t, torch.cat([uncond, cond])).sample
 
-    noise = initial_noise([seed * 1000 + i for i in range(shape[0])], shape[1:], device)
+    noise = initial_noise(noise_generators([seed * 1000 + i for i in range(shape[0])]), shape[1:], device)
     latents = sample_latents(predict, make_sampler("ddim", spatial.noise_scheduler.config), noise,
                              steps=steps, guidance=guidance)
     decoded = to_uint8(spatial.decode_latents(latents))
@@ -41,7 +41,7 @@ def write_image_samples(spatial: SpatialModel, path: Path, vocabulary: ClassVoca
     return save_png(grid(list(images), labels), path)
 
 
-def write_video_samples(video_unet, spatial: SpatialModel, folder: Path, vocabulary: ClassVocabulary,
+def write_video_samples(video_model, spatial: SpatialModel, folder: Path, vocabulary: ClassVocabulary,
                         class_ids: list[int], *, per_class: int = 2, num_frames: int = 16, steps: int = 25,
                         guidance: float = 3.0, seed: int = 0) -> Path:
     """Sample `per_class` videos of each class: a GIF each and one PNG with a row of frames per video."""
@@ -49,7 +49,7 @@ def write_video_samples(video_unet, spatial: SpatialModel, folder: Path, vocabul
 
     labels = [c for c in class_ids for _ in range(per_class)]
     seeds = [seed * 1000 + i for i in range(len(labels))]
-    videos = to_uint8(VideoSampler(video_unet, spatial, vocabulary).sample(
+    videos = to_uint8(VideoSampler(video_model, spatial, vocabulary).sample(
         labels, seeds, num_frames=num_frames, steps=steps, guidance=guidance))
     names = [f"{vocabulary.code(c)}-{i % per_class}" for i, c in enumerate(labels)]
     for name, video in zip(names, videos):

@@ -1,14 +1,19 @@
-"""Stage 2: learn a class's motion with temporal blocks on top of the frozen spatial model.
+"""Stage 2: learn a class's motion, by default with temporal blocks on the frozen spatial model.
 
-The stage-1 U-Net, VAE and text encoder are frozen (and checked to stay
-unchanged); the temporal blocks and the class embedding are the only trained
-parameters, on 16-frame clips of the chosen class(es). Prompts and class
-labels are dropped independently with a small probability so that guidance
-has an unconditional branch.
+`--arch survgen` (the method): the stage-1 U-Net, VAE and text encoder are
+frozen (and checked to stay unchanged); the temporal blocks and the class
+embedding are the only trained parameters, on 16-frame clips of the chosen
+class(es). `--arch lvdm | endora` (the paper's baselines): the whole video
+model is trained from its config on the same clips, in the same latent space
+(the stage-1 VAE and text encoder stay frozen); Endora's DINO prior loss is
+added when a local DINO folder is given. Prompts and class labels are dropped
+independently with a small probability so that guidance has an unconditional
+branch.
 
-Output: `RUN/model/temporal.safetensors` (the temporal blocks and class
-embedding, EMA weights) and `RUN/model/temporal_config.json`; the spatial model
-is referenced from `run.json`, not copied.
+Output: `RUN/model/temporal.safetensors` (what stage 2 trained: the temporal
+blocks and class embedding, or a baseline's whole model; EMA weights) and
+`RUN/model/temporal_config.json` (the architecture and its config); the
+spatial model is referenced from `run.json`, not copied.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from survgen.config import config_to_dict
 from survgen.data.datasets import ClipDataset
 from survgen.data.index import build_index
 from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction
 from survgen.io import atomic_folder
+from survgen.models.dino_prior import PRIOR_WEIGHT, DinoPrior
 from survgen.models.spatial import SpatialModel
-from survgen.config import config_to_dict
-from survgen.models.video_unet import TEMPORAL_PRESETS, TemporalConfig, VideoUNet
+from survgen.models.video_models import (VideoModel, arch_of, build_video_model, check_arch, video_model_config,
+                                         video_model_from_config)
+from survgen.models.video_unet import TEMPORAL_PRESETS, VideoUNet
 from survgen.runs import RunInfo, begin_run, read_run
 from survgen.training.checkpoint import save_safetensors_atomic
 from survgen.training.loop import TrainConfig, train
@@ -40,44 +48,69 @@ TEMPORAL_CONFIG = "temporal_config.json"
 
 
 class SpatialWeightsChangedError(RuntimeError):
-    """Stage 2 must leave every spatial weight untouched."""
+    """Stage 2 must leave every frozen weight untouched."""
 
 
 @dataclass
 class TemporalStageConfig:
+    arch: str = "survgen"  # survgen | lvdm | endora
     classes: list[str] = field(default_factory=lambda: ["G7"])
     clip_length: int = 16
     frame_stride: int = 1
-    image_size: int | None = None  # None: the spatial model's native size
+    image_size: int | None = None  # None: the size stage 1 trained at
     prompt_dropout: float = 0.1
     class_dropout: float = 0.1
     gradient_checkpointing: bool = False
     sample_steps: int = 25
     sample_guidance: float = 3.0
-    heads: int | None = None  # None: the spatial preset's default (TEMPORAL_PRESETS)
-    attention_layers: int | None = None
+    heads: int | None = None  # survgen only; None: the spatial preset's default (TEMPORAL_PRESETS)
+    attention_layers: int | None = None  # survgen only
+    prior_dino: str | None = None  # endora only: local DINO ViT folder, turns on Endora's prior loss
+    prior_weight: float = PRIOR_WEIGHT
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check(self) -> None:
+        check_arch(self.arch)
+        if self.arch != "survgen" and (self.heads is not None or self.attention_layers is not None):
+            raise ValueError(f"--attention-layers and heads shape survgen's temporal blocks; --arch {self.arch} "
+                             "takes its size from the spatial preset")
+        if self.prior_dino is not None and self.arch != "endora":
+            raise ValueError("--prior-dino is Endora's prior loss; use it with --arch endora")
+        if self.prior_weight < 0:
+            raise ValueError(f"--prior-weight must be 0 or more, got {self.prior_weight}")
 
 
 class TemporalTrainee(nn.Module):
-    """The video U-Net plus the frozen VAE and text encoder, as one module for the loop."""
+    """The video model plus the frozen VAE and text encoder (and Endora's prior), as one module for the loop."""
 
-    def __init__(self, video_unet: VideoUNet, spatial: SpatialModel):
+    def __init__(self, video_model: VideoModel, spatial: SpatialModel, prior: DinoPrior | None = None):
         super().__init__()
-        self.video_unet = video_unet
+        self.video_model = video_model
         self.vae = spatial.vae.requires_grad_(False)
         self.text_encoder = spatial.text_encoder.requires_grad_(False)
+        self.prior = prior
+
+    def frozen_modules(self) -> list[nn.Module]:
+        spatial_unet = [self.video_model.unet] if isinstance(self.video_model, VideoUNet) else []
+        return spatial_unet + [self.vae, self.text_encoder] + ([self.prior.dino] if self.prior else [])
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        params = {f"video_model.{n}": p for n, p in self.video_model.trainable_parameters().items()}
+        if self.prior is not None:
+            params.update({f"prior.{n}": p for n, p in self.prior.trainable_parameters().items()})
+        return params
 
 
-def spatial_fingerprint(model: VideoUNet, spatial: SpatialModel) -> torch.Tensor:
+def frozen_fingerprint(trainee: TemporalTrainee) -> torch.Tensor:
     """A cheap per-tensor checksum of every frozen weight, to prove stage 2 did not change them."""
-    tensors = list(model.unet.parameters()) + list(spatial.vae.parameters()) + list(spatial.text_encoder.parameters())
+    tensors = [p for m in trainee.frozen_modules() for p in m.parameters()]
     return torch.stack([t.detach().double().sum() for t in tensors] + [t.detach().double().square().sum() for t in tensors])
 
 
 def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, cfg: TemporalStageConfig, *,
                    resume: bool = False, progress: bool = True):
     """Run stage 2 for `cfg.classes` into the run folder `out`."""
+    cfg.check()
     out = Path(out)
     begin_run(out, "temporal", resume)
     spatial, spatial_run = load_spatial_run(spatial_path)
@@ -89,74 +122,98 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     if len(clips) == 0:
         raise ValueError(f"{data}: no {cfg.clip_length}-frame clips of class(es) {', '.join(cfg.classes)}")
     preset = spatial_run.options.get("preset", "sd15") if spatial_run else "sd15"
+    # default: the frame size stage 1 trained at (SD 1.5's U-Net config says 512 px even when fine-tuned at 256)
+    image_size = (cfg.image_size or (spatial_run.options.get("image_size") if spatial_run else None)
+                  or spatial.unet.config.sample_size * spatial.vae_downsample)
+    if image_size % spatial.vae_downsample:
+        raise ValueError(f"--image-size {image_size} is not a multiple of the VAE's downsampling "
+                         f"({spatial.vae_downsample})")
     temporal = dataclasses.replace(
         TEMPORAL_PRESETS[preset],
-        num_classes=len(vocabulary),
         **{k: v for k, v in (("heads", cfg.heads), ("attention_layers", cfg.attention_layers)) if v is not None},
     )
-    image_size = cfg.image_size or spatial.unet.config.sample_size * spatial.vae_downsample
 
-    torch.manual_seed(cfg.train.seed)  # the temporal blocks' initial weights are part of the run's seed
-    video_unet = VideoUNet(spatial.unet, temporal)
-    video_unet.enable_gradient_checkpointing(cfg.gradient_checkpointing)
-    model = TemporalTrainee(video_unet, spatial)
-    trainable = {f"video_unet.{n}": p for n, p in video_unet.temporal_parameters().items()}
-    frozen_before = spatial_fingerprint(video_unet, spatial)
+    torch.manual_seed(cfg.train.seed)  # the trained weights' initial values are part of the run's seed
+    video_model = build_video_model(cfg.arch, spatial, preset=preset, num_classes=len(vocabulary),
+                                    latent_size=image_size // spatial.vae_downsample, temporal=temporal)
+    video_model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
+    prior = DinoPrior.from_folder(cfg.prior_dino, video_model) if cfg.prior_dino else None
+    model = TemporalTrainee(video_model, spatial, prior)
+    frozen_before = frozen_fingerprint(model)
 
     prompts = spatial.encode_prompts(vocabulary.prompts() + [""])  # frozen encoder: encode once
-    null_prompt = len(prompts) - 1
 
     def loss_fn(model: TemporalTrainee, batch, generator):
-        pixels = batch["pixels"]  # (b, f, 3, H, W)
-        b, f = pixels.shape[:2]
-        with torch.no_grad():
-            latents = model.vae.encode(pixels.flatten(0, 1)).latent_dist.sample(generator=generator)
-            latents = (latents * spatial.latent_scale).unflatten(0, (b, f)).transpose(1, 2)  # (b, c, f, h, w)
-        noised = noise_for_v_prediction(spatial.noise_scheduler, latents, generator)
-        labels = batch["class_id"]
-        prompt_ids = drop_conditions(labels, null_prompt, cfg.prompt_dropout, generator)
-        class_labels = drop_conditions(labels, video_unet.null_class, cfg.class_dropout, generator)
-        pred = model.video_unet(noised.noisy, noised.timesteps, prompts.to(pixels.device)[prompt_ids], class_labels)
-        return nn.functional.mse_loss(pred.float(), noised.target.float())
+        return stage2_loss(model, spatial, prompts, batch["pixels"], batch["class_id"], cfg, generator)
 
     def on_sample(step: int, model: TemporalTrainee):
-        write_video_samples(model.video_unet, spatial, out / "samples" / f"step-{step:06d}", vocabulary,
+        write_video_samples(model.video_model, spatial, out / "samples" / f"step-{step:06d}", vocabulary,
                             class_ids, num_frames=cfg.clip_length, steps=cfg.sample_steps,
                             guidance=cfg.sample_guidance, seed=cfg.train.seed)
 
     def export(model: TemporalTrainee):
-        save_temporal(model.video_unet, out / "model")
+        save_video_model(model.video_model, out / "model")
 
     run = RunInfo(stage="temporal", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
                   data=str(Path(data).resolve()), parent=str(Path(spatial_path).resolve()),
-                  extra={"classes": [vocabulary.code(i) for i in class_ids], "status": "training"})
+                  extra={"classes": [vocabulary.code(i) for i in class_ids], "arch": cfg.arch, "status": "training"})
     out.mkdir(parents=True, exist_ok=True)
     run.save()
-    result = train(run_dir=out, model=model, trainable=trainable,
+    result = train(run_dir=out, model=model, trainable=model.trainable_parameters(),
                    dataset=ClipDataset(clips, size=image_size), loss_fn=loss_fn, config=cfg.train,
                    on_sample=on_sample, resume=resume, progress=progress, export=export)
-    if not torch.equal(frozen_before, spatial_fingerprint(video_unet, spatial)):
-        raise SpatialWeightsChangedError("stage 2 changed a frozen spatial weight; this is a bug, please report it")
+    if not torch.equal(frozen_before, frozen_fingerprint(model)):
+        raise SpatialWeightsChangedError("stage 2 changed a frozen weight; this is a bug, please report it")
     run.extra["status"] = "done"
     run.save()
     return result
 
 
-def save_temporal(video_unet: VideoUNet, folder: Path) -> None:
+def stage2_loss(model: TemporalTrainee, spatial: SpatialModel, prompts: torch.Tensor, pixels: torch.Tensor,
+                class_ids: torch.Tensor, cfg: TemporalStageConfig, generator: torch.Generator) -> torch.Tensor:
+    """The v-prediction loss of clips `pixels` (b, f, 3, H, W) of `class_ids` (plus Endora's prior loss).
+
+    `prompts` holds the encoded prompt of every class and, last, the empty prompt.
+    """
+    b, f = pixels.shape[:2]
+    with torch.no_grad():
+        latents = model.vae.encode(pixels.flatten(0, 1)).latent_dist.sample(generator=generator)
+        latents = (latents * spatial.latent_scale).unflatten(0, (b, f)).transpose(1, 2)  # (b, c, f, h, w)
+    noised = noise_for_v_prediction(spatial.noise_scheduler, latents, generator)
+    prompt_ids = drop_conditions(class_ids, len(prompts) - 1, cfg.prompt_dropout, generator)
+    class_labels = drop_conditions(class_ids, model.video_model.null_class, cfg.class_dropout, generator)
+    text = prompts.to(pixels.device)[prompt_ids]
+    if model.prior is None:
+        pred = model.video_model(noised.noisy, noised.timesteps, text, class_labels)
+        return nn.functional.mse_loss(pred.float(), noised.target.float())
+    pred, features = model.video_model(noised.noisy, noised.timesteps, text, class_labels,
+                                       features_of=model.prior.block_indices)
+    prior_loss = model.prior.loss(features, pixels.flatten(0, 1))
+    return nn.functional.mse_loss(pred.float(), noised.target.float()) + cfg.prior_weight * prior_loss
+
+
+def save_video_model(video_model: VideoModel, folder: Path) -> None:
+    weights = {n: p.detach() for n, p in video_model.trainable_parameters().items()}
     with atomic_folder(folder) as tmp:
-        save_safetensors_atomic(video_unet.temporal_state_dict(), tmp / TEMPORAL_WEIGHTS)
-        (tmp / TEMPORAL_CONFIG).write_text(json.dumps(video_unet.config.to_dict(), indent=2) + "\n")
+        save_safetensors_atomic(weights, tmp / TEMPORAL_WEIGHTS)
+        (tmp / TEMPORAL_CONFIG).write_text(json.dumps(video_model_config(video_model), indent=2) + "\n")
 
 
-def load_video_model(run_folder: str | Path) -> tuple[VideoUNet, SpatialModel, RunInfo]:
-    """A stage-2 run's video U-Net on top of the spatial model it was trained on."""
+def run_arch(run_folder: str | Path) -> str:
+    """The architecture of a stage-2 run, read from its saved config (nothing loaded)."""
+    run = read_run(run_folder, stage="temporal")
+    return json.loads((run.model_dir / TEMPORAL_CONFIG).read_text()).get("arch", "survgen")
+
+
+def load_video_model(run_folder: str | Path) -> tuple[VideoModel, SpatialModel, RunInfo]:
+    """A stage-2 run's video model, with the spatial model (VAE, text encoder) it was trained on."""
     run = read_run(run_folder, stage="temporal")
     spatial, _ = load_spatial_run(run.parent_path)
-    config = TemporalConfig.from_dict(json.loads((run.model_dir / TEMPORAL_CONFIG).read_text()))
-    video_unet = VideoUNet(spatial.unet, config)
-    missing, unexpected = video_unet.load_state_dict(load_file(run.model_dir / TEMPORAL_WEIGHTS), strict=False)
-    missing = [k for k in missing if not k.startswith("unet.")]
+    video_model = video_model_from_config(json.loads((run.model_dir / TEMPORAL_CONFIG).read_text()), spatial)
+    missing, unexpected = video_model.load_state_dict(load_file(run.model_dir / TEMPORAL_WEIGHTS), strict=False)
+    if isinstance(video_model, VideoUNet):  # the frozen U-Net comes from the spatial model, not this file
+        missing = [k for k in missing if not k.startswith("unet.")]
     if missing or unexpected:
-        raise ValueError(f"{run.model_dir / TEMPORAL_WEIGHTS}: weights do not match the temporal config "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return video_unet, spatial, run
+        raise ValueError(f"{run.model_dir / TEMPORAL_WEIGHTS}: weights do not match the {arch_of(video_model)} "
+                         f"config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return video_model, spatial, run

@@ -1,0 +1,201 @@
+"""survgen against the LVDM-style and Endora-style baselines: `pytest benchmarks --benchmark-only`.
+
+- inference, architecture cost: seconds per generated 16-frame video (text
+  encoding, sampling with guidance, VAE decoding) for the three video models at
+  the same frame size, sampler and step count;
+- inference, end to end: each with the sampling it was published with
+  (`PUBLISHED_SAMPLING`: survgen DDIM 25 steps at 256 px, LVDM DDIM 50 at
+  256 px, Endora ancestral DDPM 250 at 128 px; the tiny preset scales the
+  frame sizes by 64/256);
+- training: one stage-2 optimizer step (VAE encoding, v-loss, backward, AdamW)
+  of 2 clips × 16 frames at the same frame size: survgen trains its temporal
+  blocks on the frozen spatial U-Net, the baselines their whole model; with
+  the memory it takes (GPU: peak allocated; CPU: weights, gradients, AdamW state
+  and the activations saved for backward);
+- `generate` with rejection sampling (top-3) on the shipped model: accepted
+  videos per minute, against `--reject-topk 0`.
+
+The tiny preset runs everywhere; the sd15 (paper) scale only with CUDA. Models
+are built from config with random weights: the cost of an architecture does
+not depend on its weights. survgen is each group's baseline: "time vs
+baseline" is how many times longer than survgen a model takes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from survgen.classes import ClassVocabulary
+from survgen.generation.sampler import VideoSampler
+from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SpatialModel, build_tiny
+from survgen.models.video_models import ARCHS, PUBLISHED_SAMPLING, build_video_model
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NATIVE_SIZE = {"tiny": 64, "sd15": 256}
+PRESETS = [pytest.param("tiny", id="tiny"),
+           pytest.param("sd15", id="sd15", marks=[pytest.mark.gpu_only, pytest.mark.paper_scale])]
+VOCABULARY = ClassVocabulary()
+
+
+@functools.cache
+def spatial_model(preset: str) -> SpatialModel:
+    if preset == "tiny":
+        spatial = build_tiny(VOCABULARY, seed=0)
+    else:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from survgen.models.spatial import tiny_tokenizer, v_prediction_scheduler
+
+        torch.manual_seed(0)
+        # SD 1.5's tokenizer is a download; the tiny one gives prompts of the same 77-token length here.
+        tokenizer = tiny_tokenizer(VOCABULARY, max_length=SD15_TEXT_CONFIG["max_position_embeddings"])
+        text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG))
+        spatial = SpatialModel(AutoencoderKL(**SD15_VAE_CONFIG), text, tokenizer,
+                               UNet2DConditionModel(**SD15_UNET_CONFIG), v_prediction_scheduler())
+    return spatial.to(DEVICE)
+
+
+@functools.cache
+def video_model(arch: str, preset: str, image_size: int):
+    spatial = spatial_model(preset)
+    torch.manual_seed(0)
+    model = build_video_model(arch, spatial, preset=preset, num_classes=len(VOCABULARY),
+                              latent_size=image_size // spatial.vae_downsample)
+    return model.to(DEVICE)
+
+
+def _synchronize():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _label(arch: str) -> str:
+    return {"survgen": "survgen", "lvdm": "lvdm-style", "endora": "endora-style"}[arch]
+
+
+def _sample(benchmark, arch, preset, *, image_size, sampler, steps, quick):
+    videos = 1 if quick else 2
+    frames = 4 if quick else 16
+    model = video_model(arch, preset, image_size)
+    run = VideoSampler(model, spatial_model(preset), VOCABULARY)
+    benchmark.extra_info.update(arch=arch, label=_label(arch), videos=videos, frames=frames, sampler=sampler,
+                                steps=steps, image_size=image_size, role="baseline" if arch == "survgen" else None)
+
+    def generate():
+        run.sample([6] * videos, list(range(videos)), num_frames=frames, steps=steps, guidance=3.0, sampler=sampler)
+        _synchronize()
+
+    benchmark.pedantic(generate, rounds=1 if quick else 3, warmup_rounds=0 if quick else 1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_inference_same_sampler(benchmark, quick, preset, arch):
+    size, steps = NATIVE_SIZE[preset], 1 if quick else 25
+    benchmark.group = f"inference, architecture cost: {preset}, DDIM {steps} steps with guidance at {size} px"
+    _sample(benchmark, arch, preset, image_size=size, sampler="ddim", steps=steps, quick=quick)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_inference_published_defaults(benchmark, quick, preset, arch):
+    published = PUBLISHED_SAMPLING[arch]
+    size = published["image_size"] * NATIVE_SIZE[preset] // 256
+    steps = 1 if quick else published["steps"]
+    benchmark.group = f"inference, end to end with each model's published sampling: {preset}"
+    _sample(benchmark, arch, preset, image_size=size, sampler=published["sampler"], steps=steps, quick=quick)
+    benchmark.extra_info["label"] += f" ({published['sampler']} {steps} @ {size} px)"
+
+
+def _training_memory_cpu(step) -> int:
+    """Bytes of the tensors autograd saves for backward in one step (each storage counted once)."""
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_training_step(benchmark, quick, preset, arch):
+    from survgen.training.stage2 import TemporalStageConfig, TemporalTrainee, stage2_loss
+
+    size = NATIVE_SIZE[preset]
+    frames = 4 if quick else 16
+    benchmark.group = f"stage-2 training step: {preset}, 2 clips x {frames} frames at {size} px"
+    spatial = spatial_model(preset)
+    trainee = TemporalTrainee(video_model(arch, preset, size), spatial)
+    trainable = trainee.trainable_parameters()
+    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-5)
+    prompts = spatial.encode_prompts(VOCABULARY.prompts() + [""])
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(2, frames, 3, size, size, generator=g) * 2 - 1).to(DEVICE)
+    class_ids = torch.tensor([6, 6], device=DEVICE)
+    config = TemporalStageConfig()
+
+    def loss():
+        return stage2_loss(trainee, spatial, prompts, pixels, class_ids, config, torch.Generator().manual_seed(0))
+
+    def step():
+        loss().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _synchronize()
+
+    step()  # AdamW's state exists from here on
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        memory, metric = torch.cuda.max_memory_allocated(), "GPU: peak allocated in one step"
+    else:
+        weights = sum(p.numel() * p.element_size() for p in trainee.parameters())
+        state = sum(3 * p.numel() * p.element_size() for p in trainable.values())  # gradient, 2 AdamW moments
+        activations = _training_memory_cpu(lambda: loss().backward())
+        optimizer.zero_grad(set_to_none=True)
+        memory = weights + state + activations
+        metric = "CPU: weights + gradients + AdamW state + activations saved for backward"
+    benchmark.extra_info.update(arch=arch, label=_label(arch), steps=1, memory_mb=memory / 2**20,
+                                memory_metric=metric, role="baseline" if arch == "survgen" else None,
+                                trainable_parameters=sum(p.numel() for p in trainable.values()))
+    benchmark.pedantic(step, rounds=1 if quick else 3, warmup_rounds=0)
+
+
+@pytest.mark.parametrize("topk", [3, 0], ids=["reject-top3", "no-rejection"])
+def test_generate_throughput(benchmark, quick, tmp_path, topk):
+    from survgen.generation.default import default_runs
+    from survgen.generation.run import GenerationConfig, generate
+    from survgen.training.classifier import load_classifier
+    from survgen.training.stage2 import load_video_model
+
+    model_run, classifier_run = default_runs()
+    video = load_video_model(model_run)
+    video[0].to(DEVICE)
+    video[1].to(DEVICE)
+    classifier, vocabulary, _ = load_classifier(classifier_run)
+    n = 1 if quick else 4
+    cfg = GenerationConfig(classes=["G7"], n=n, reject_topk=topk, steps=1 if quick else 25, batch_size=4, seed=0)
+    benchmark.group = f"generate with rejection sampling: shipped tiny model, G7, n={n}, {cfg.steps} DDIM steps"
+    folders = iter(range(100))
+    manifests = []
+
+    def setup():
+        return (tmp_path / f"round-{next(folders)}",), {}
+
+    def run(out):
+        manifests.append(generate(model_run, out, cfg, classifier=classifier_run, progress=False,
+                                  loaded=(video, (classifier.to(DEVICE), vocabulary))))
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if quick else 2)
+    summary = manifests[-1]["summary"]["per_class"]["G7"]
+    benchmark.extra_info.update(arch="survgen", label=f"survgen, {'top-3' if topk else 'keep all'}",
+                                accepted=summary["accepted"], candidates=summary["candidates"],
+                                role="baseline" if topk == 0 else None)
