@@ -94,10 +94,10 @@ def _architecture_table(write, benchmarks) -> None:
     rows = architecture_rows([{"group": b.group, "extra_info": b.extra_info, "stats": {"min": b.stats.min}}
                               for b in benchmarks])
     write("")
-    write(f"{'group':<72} {'model':<40} {'measure':>30} {'memory MB':>10} {'time vs baseline':>17}")
+    write(f"{'group':<72} {'model':<40} {'measure':>30} {'memory MB':>10} {'vs survgen (time or FLOPs)':>27}")
     for r in rows:
         memory = f"{r['memory_mb']:.0f}" if r["memory_mb"] is not None else "-"
         ratio = f"{r['vs_baseline']:.2f}x" if r["vs_baseline"] is not None else "-"
-        write(f"{r['group'][:72]:<72} {r['name']:<40} {r.get('measure', '-'):>30} {memory:>10} {ratio:>17}")
+        write(f"{r['group'][:72]:<72} {r['name']:<40} {r.get('measure', '-'):>30} {memory:>10} {ratio:>27}")
     if any(r["memory_metric"] for r in rows):
         write("memory: " + "; ".join(sorted({r["memory_metric"] for r in rows if r["memory_metric"]})))

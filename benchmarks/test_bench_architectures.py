@@ -13,7 +13,10 @@
   the memory it takes (GPU: peak allocated; CPU: weights, gradients, AdamW state
   and the activations saved for backward);
 - `generate` with rejection sampling (top-3) on the shipped model: accepted
-  videos per minute, against `--reject-topk 0`.
+  videos per minute, against `--reject-topk 0`;
+- the cost of one video at paper scale with each model's published sampling,
+  in FLOPs counted on the meta device (`survgen.models.counts.sampling_flops`):
+  a cost model that any machine can compute, not a timing.
 
 The tiny preset runs everywhere; the sd15 (paper) scale only with CUDA. Models
 are built from config with random weights: the cost of an architecture does
@@ -31,7 +34,7 @@ import torch
 from survgen.classes import ClassVocabulary
 from survgen.generation.sampler import VideoSampler
 from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SpatialModel, build_tiny
-from survgen.models.video_models import ARCHS, PUBLISHED_SAMPLING, build_video_model
+from survgen.models.video_models import ARCHS, build_video_model, published_sampling
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NATIVE_SIZE = {"tiny": 64, "sd15": 256}
@@ -103,8 +106,8 @@ def test_inference_same_sampler(benchmark, quick, preset, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_inference_published_defaults(benchmark, quick, preset, arch):
-    published = PUBLISHED_SAMPLING[arch]
-    size = published["image_size"] * NATIVE_SIZE[preset] // 256
+    published = published_sampling(arch, preset)
+    size = published["image_size"]
     steps = 1 if quick else published["steps"]
     benchmark.group = f"inference, end to end with each model's published sampling: {preset}"
     _sample(benchmark, arch, preset, image_size=size, sampler=published["sampler"], steps=steps, quick=quick)
@@ -199,3 +202,14 @@ def test_generate_throughput(benchmark, quick, tmp_path, topk):
     benchmark.extra_info.update(arch="survgen", label=f"survgen, {'top-3' if topk else 'keep all'}",
                                 accepted=summary["accepted"], candidates=summary["candidates"],
                                 role="baseline" if topk == 0 else None)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_paper_scale_flops(benchmark, arch):
+    from survgen.models.counts import sampling_flops
+
+    benchmark.group = "cost at paper scale (sd15), published sampling: FLOPs counted on the meta device, not timed"
+    cost = benchmark.pedantic(sampling_flops, args=(arch, "sd15"), rounds=1)
+    benchmark.extra_info.update(arch=arch, label=f"{_label(arch)} ({cost['sampler']} {cost['steps']} @ "
+                                f"{cost['image_size']} px)", tflop_per_video=cost["flops_per_video"] / 1e12,
+                                role="baseline" if arch == "survgen" else None)

@@ -113,7 +113,7 @@ def info(
     arch: Annotated[str, typer.Option(help="Video model of those counts: survgen | lvdm | endora.")] = "survgen",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ):
-    """Versions, device, kernel backends (and why not), parameter counts of a preset.
+    """Versions, device, kernel backends (and why not), parameter counts and sampling FLOPs of a preset.
 
     Example: survgen info --arch endora --preset sd15
     """
@@ -142,7 +142,15 @@ def info(
     if preset:
         from survgen.models.counts import preset_parameter_counts
 
+        from survgen.models.counts import sampling_flops
+
         report["parameters"] = {"arch": arch, "preset": preset, **preset_parameter_counts(preset, arch)}
+        cost = sampling_flops(arch, preset)
+        report["sampling_cost"] = {  # counted on the meta device: a cost model, not a timing
+            "published_sampling": f"{cost['sampler']} {cost['steps']} steps with guidance at {cost['image_size']} px, "
+                                  f"{cost['frames']} frames",
+            "tflop_per_step": round(cost["flops_per_step"] / 1e12, 3),
+            "tflop_per_video": round(cost["flops_per_video"] / 1e12, 2)}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

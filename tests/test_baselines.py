@@ -150,6 +150,22 @@ def test_tiny_baselines_are_about_the_size_of_the_tiny_survgen_video_model():
         assert 0.5 < trainable / video_model < 2, (arch, trainable, video_model)
 
 
+def test_sampling_flops_follow_steps_and_frames_and_the_published_sampling():
+    from survgen.models.counts import sampling_flops
+
+    base = sampling_flops("survgen", "tiny", steps=10, frames=8)
+    assert base["flops_per_video"] == 10 * base["flops_per_step"] + base["flops_decode"]
+    twice = sampling_flops("survgen", "tiny", steps=10, frames=16)
+    assert 1.9 < twice["flops_per_step"] / base["flops_per_step"] < 2.3  # per-frame work plus f² attention
+    assert twice["flops_decode"] == 2 * base["flops_decode"]
+    endora = sampling_flops("endora", "tiny")  # Endora's own: DDPM 250 steps at half the frame size
+    assert (endora["sampler"], endora["steps"], endora["image_size"]) == ("ddpm", 250, 32)
+    # a transformer on 4×4 tokens of 2×2 patches: per step, about 2·params FLOPs per token and branch
+    params = preset_parameter_counts("tiny", "endora")["stage2_trainable"]
+    tokens = 2 * 16 * (32 // 4 // 2) ** 2
+    assert 0.5 < endora["flops_per_step"] / (2 * params * tokens) < 2
+
+
 # ------------------------------------------------------------------ Endora's DINO prior
 @pytest.fixture(scope="module")
 def tiny_dino(tmp_path_factory):
@@ -235,3 +251,21 @@ def test_stage2_refuses_options_of_another_architecture(synth_dataset, spatial_r
                          (TemporalStageConfig(arch="unet"), "unknown --arch")]:
         with pytest.raises(ValueError, match=message):
             train_temporal(synth_dataset, spatial_run[0], tmp_path / "t", cfg, progress=False)
+
+
+def test_cli_arch_options_and_their_refusals(synth_dataset, spatial_run, temporal_run, tmp_path):
+    from tests.test_cli import invoke
+
+    result = invoke("generate", "--arch", "lvdm", "--out", tmp_path / "g")
+    assert result.exit_code == 2 and "no lvdm model ships with survgen" in " ".join(result.output.split())
+    result = invoke("generate", "--model", temporal_run, "--arch", "endora", "--reject-topk", "0",
+                    "--out", tmp_path / "g")
+    assert result.exit_code == 2 and "a survgen model, not endora" in " ".join(result.output.split())
+    result = invoke("train-temporal", "--data", synth_dataset, "--spatial", spatial_run[0], "--arch", "lvdm",
+                    "--attention-layers", "2", "--out", tmp_path / "t")
+    assert result.exit_code == 2 and "shape survgen's temporal blocks" in " ".join(result.output.split())
+    result = invoke("train-temporal", "--data", synth_dataset, "--spatial", spatial_run[0], "--arch", "endora",
+                    "--image-size", "32", "--steps", "1", "--batch-size", "1", "--sample-every", "1",
+                    "--sample-steps", "1", "--quiet", "--out", tmp_path / "endora")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "endora" / "model" / "temporal_config.json").read_text())["latent_size"] == 8

@@ -46,6 +46,17 @@ def test_report_computes_ratios_measures_and_aims_from_the_json(tmp_path):
     assert "Memory: CPU: test." in text
 
 
+def test_counted_flops_are_compared_by_flops_not_by_counting_time(tmp_path):
+    group = "cost at paper scale (sd15), published sampling: FLOPs counted on the meta device, not timed"
+    data = {"benchmarks": [bench(group, 2.0, arch="survgen", tflop_per_video=200.0, role="baseline"),
+                           bench(group, 1.0, arch="endora", tflop_per_video=500.0, label="endora-style")]}
+    path = tmp_path / "flops.json"
+    path.write_text(json.dumps(data))
+    text = report.write_report([path], tmp_path / "RESULTS.md").read_text()
+    assert f"| {group} | endora-style | 500 TFLOP/video |  | 2.50× |" in text
+    assert "| survgen vs endora-style | ≥ 4× | 2.50× | not met |" in text
+
+
 def test_an_aim_that_is_missed_says_so(tmp_path):
     e2e = "inference, end to end with each model's published sampling: sd15"
     data = {"benchmarks": [bench(e2e, 2.0, arch="survgen", videos=1, role="baseline"),

@@ -20,7 +20,7 @@ from survgen.runs import RunFolderError, RunInfo, read_run
 from survgen.training.classifier import (ClassifierStageConfig, ClipTooShortError, augment_clips, balanced_order,
                                         class_weights, classify_videos, load_classifier, read_validation,
                                         train_classifier)
-from conftest import fast_train
+from tests.conftest import fast_train
 
 SMALL = dict(image_size=32, clip_length=8)
 runner = CliRunner()

@@ -101,7 +101,7 @@ def generated(temporal_run, tmp_path_factory):
 
 
 def tiny_config(**options) -> DownstreamConfig:
-    from conftest import fast_train
+    from tests.conftest import fast_train
 
     classifier = ClassifierStageConfig(image_size=16, val_fraction=0.0, train=fast_train(steps=2, batch_size=4))
     return DownstreamConfig(**{"seeds": [0, 1], "test_fraction": 0.25, "classifier": classifier, **options})

@@ -173,7 +173,7 @@ def test_the_cli_generates_from_a_run_folder_and_a_rerun_continues_it(temporal_r
 
 
 def test_an_exported_default_generates_with_its_own_classifier(synth_dataset, temporal_run, tmp_path):
-    from conftest import fast_train
+    from tests.conftest import fast_train
     from survgen.generation.default import export_default
     from survgen.training.classifier import ClassifierStageConfig, train_classifier
 

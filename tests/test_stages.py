@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from survgen.kernels import use_backend
 from survgen.models.spatial import load_spatial
 from survgen.runs import RunFolderError, read_run
-from conftest import fast_train
+from tests.conftest import fast_train
 from survgen.training.stage1 import SpatialStageConfig, train_spatial
 from survgen.training.stage2 import TemporalStageConfig, load_video_model, train_temporal
 

@@ -89,7 +89,8 @@ def _labels(class_labels: torch.Tensor, batch: int, num_classes: int) -> torch.T
     class_labels = torch.as_tensor(class_labels).reshape(-1)
     if class_labels.numel() != batch:
         raise ValueError(f"{class_labels.numel()} class labels for {batch} videos; pass one per video")
-    if class_labels.min() < 0 or class_labels.max() > num_classes:
+    values_known = class_labels.device.type != "meta"  # meta tensors (FLOP counting) carry shapes only
+    if values_known and (class_labels.min() < 0 or class_labels.max() > num_classes):
         raise ValueError(f"class labels must be in 0..{num_classes} ({num_classes} = no class)")
     return class_labels
 
@@ -107,19 +108,13 @@ def _check_latents(sample: torch.Tensor, config: BaselineConfig) -> None:
                          f"got shape {tuple(sample.shape)}")
 
 
-class LVDMVideoModel(nn.Module):
-    """LVDM-style 3D U-Net (`UNet3DConditionModel`) with a class embedding on the timestep."""
+class BaselineVideoModel(nn.Module):
+    """What both baselines share: their config, the null class, the latent shape, training whole."""
 
     def __init__(self, config: BaselineConfig):
         super().__init__()
         self.config = config
-        self.null_class = config.num_classes
-        model = config.model_config()
-        class_dim = model["block_out_channels"][0]
-        self.unet = UNet3DConditionModel(sample_size=config.latent_size, in_channels=config.latent_channels,
-                                         out_channels=config.latent_channels, cross_attention_dim=config.text_dim,
-                                         time_cond_proj_dim=class_dim, **model)
-        self.class_embedding = nn.Embedding(config.num_classes + 1, class_dim)
+        self.null_class = config.num_classes  # index of the "no class" embedding, for classifier-free guidance
 
     @property
     def latent_channels(self) -> int:
@@ -132,6 +127,19 @@ class LVDMVideoModel(nn.Module):
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """A baseline is trained whole."""
         return dict(self.named_parameters())
+
+
+class LVDMVideoModel(BaselineVideoModel):
+    """LVDM-style 3D U-Net (`UNet3DConditionModel`) with a class embedding on the timestep."""
+
+    def __init__(self, config: BaselineConfig):
+        super().__init__(config)
+        model = config.model_config()
+        class_dim = model["block_out_channels"][0]
+        self.unet = UNet3DConditionModel(sample_size=config.latent_size, in_channels=config.latent_channels,
+                                         out_channels=config.latent_channels, cross_attention_dim=config.text_dim,
+                                         time_cond_proj_dim=class_dim, **model)
+        self.class_embedding = nn.Embedding(config.num_classes + 1, class_dim)
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         if enabled:
@@ -147,13 +155,11 @@ class LVDMVideoModel(nn.Module):
                          timestep_cond=self.class_embedding(labels).to(sample.dtype), return_dict=False)[0]
 
 
-class EndoraVideoTransformer(nn.Module):
+class EndoraVideoTransformer(BaselineVideoModel):
     """Endora/Latte-style spatio-temporal transformer (`LatteTransformer3DModel`) with a class embedding."""
 
     def __init__(self, config: BaselineConfig):
-        super().__init__()
-        self.config = config
-        self.null_class = config.num_classes
+        super().__init__(config)
         model = config.model_config()
         self.transformer = LatteTransformer3DModel(
             in_channels=config.latent_channels, out_channels=config.latent_channels, sample_size=config.latent_size,
@@ -172,18 +178,6 @@ class EndoraVideoTransformer(nn.Module):
     def token_grid(self) -> int:
         """Tokens per side of a latent frame."""
         return self.config.latent_size // self.transformer.config.patch_size
-
-    @property
-    def latent_channels(self) -> int:
-        return self.config.latent_channels
-
-    @property
-    def latent_size(self) -> int:
-        return self.config.latent_size
-
-    def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        """A baseline is trained whole."""
-        return dict(self.named_parameters())
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.gradient_checkpointing = enabled

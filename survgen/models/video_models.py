@@ -31,6 +31,13 @@ PUBLISHED_SAMPLING = {
     "lvdm": dict(sampler="ddim", steps=50, image_size=256),
     "endora": dict(sampler="ddpm", steps=250, image_size=128),
 }
+NATIVE_IMAGE_SIZE = {"tiny": 64, "sd15": 256}
+
+
+def published_sampling(arch: str, preset: str) -> dict:
+    """`PUBLISHED_SAMPLING` at a preset's scale (the tiny preset's frames are 64/256 of the paper's)."""
+    published = PUBLISHED_SAMPLING[check_arch(arch)]
+    return {**published, "image_size": published["image_size"] * NATIVE_IMAGE_SIZE[preset] // 256}
 
 
 def check_arch(arch: str) -> str:
