@@ -94,7 +94,7 @@ def _architecture_table(write, benchmarks) -> None:
     rows = architecture_rows([{"group": b.group, "extra_info": b.extra_info, "stats": {"min": b.stats.min}}
                               for b in benchmarks])
     write("")
-    write(f"{'group':<72} {'model':<40} {'measure':>30} {'memory MB':>10} {'vs survgen (time or FLOPs)':>27}")
+    write(f"{'group':<72} {'model':<40} {'measure':>30} {'memory MB':>10} {'vs baseline (time or FLOPs)':>27}")
     for r in rows:
         memory = f"{r['memory_mb']:.0f}" if r["memory_mb"] is not None else "-"
         ratio = f"{r['vs_baseline']:.2f}x" if r["vs_baseline"] is not None else "-"

@@ -97,11 +97,13 @@ def section(path: Path) -> list[str]:
     other = [b for b in benchmarks if b not in arch and b not in kernels]
     if arch:
         rows = architecture_rows(arch)
-        lines += ["| group | model | measure | memory (MB) | time (or FLOPs) vs survgen |", "|---|---|---:|---:|---:|"]
+        lines += ["| group | model | measure | memory (MB) | time (or FLOPs) vs the group's baseline |", "|---|---|---:|---:|---:|"]
         for r in rows:
             memory = f"{r['memory_mb']:.0f}" if r["memory_mb"] is not None else ""
             ratio = f"{r['vs_baseline']:.2f}×" if r["vs_baseline"] is not None else ""
             lines.append(f"| {r['group']} | {r['name']} | {r.get('measure', '')} | {memory} | {ratio} |")
+        lines += ["", "The group's baseline is survgen (for `generate`: survgen keeping every video); "
+                  "a ratio above 1 means more time (or FLOPs) than it."]
         metrics = sorted({r["memory_metric"] for r in rows if r["memory_metric"]})
         if metrics:
             lines += ["", "Memory: " + "; ".join(metrics) + "."]
