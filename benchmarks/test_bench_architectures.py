@@ -34,7 +34,7 @@ import torch
 from survgen.classes import ClassVocabulary
 from survgen.generation.sampler import VideoSampler
 from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SpatialModel, build_tiny
-from survgen.models.video_models import ARCHS, build_video_model, published_sampling
+from survgen.models.video_models import ARCHS, FAST_SAMPLING, build_video_model, published_sampling
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NATIVE_SIZE = {"tiny": 64, "sd15": 256}
@@ -103,15 +103,20 @@ def test_inference_same_sampler(benchmark, quick, preset, arch):
     _sample(benchmark, arch, preset, image_size=size, sampler="ddim", steps=steps, quick=quick)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+SAMPLINGS = [pytest.param(arch, False, id=arch) for arch in ARCHS] + [pytest.param("survgen", True, id="survgen-fast")]
+
+
+@pytest.mark.parametrize("arch, fast", SAMPLINGS)
 @pytest.mark.parametrize("preset", PRESETS)
-def test_inference_published_defaults(benchmark, quick, preset, arch):
-    published = published_sampling(arch, preset)
-    size = published["image_size"]
-    steps = 1 if quick else published["steps"]
+def test_inference_published_defaults(benchmark, quick, preset, arch, fast):
+    sampling = {**published_sampling(arch, preset), **(FAST_SAMPLING if fast else {})}
+    size = sampling["image_size"]
+    steps = 1 if quick else sampling["steps"]
     benchmark.group = f"inference, end to end with each model's published sampling: {preset}"
-    _sample(benchmark, arch, preset, image_size=size, sampler=published["sampler"], steps=steps, quick=quick)
-    benchmark.extra_info["label"] += f" ({published['sampler']} {steps} @ {size} px)"
+    _sample(benchmark, arch, preset, image_size=size, sampler=sampling["sampler"], steps=steps, quick=quick)
+    benchmark.extra_info["label"] += f"{', fast' if fast else ''} ({sampling['sampler']} {steps} @ {size} px)"
+    if fast:
+        benchmark.extra_info.update(role=None, variant="fast")
 
 
 def _training_memory_cpu(step) -> int:
@@ -204,12 +209,15 @@ def test_generate_throughput(benchmark, quick, tmp_path, topk):
                                 role="baseline" if topk == 0 else None)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_paper_scale_flops(benchmark, arch):
+@pytest.mark.parametrize("arch, fast", SAMPLINGS)
+def test_paper_scale_flops(benchmark, arch, fast):
     from survgen.models.counts import sampling_flops
 
     benchmark.group = "cost at paper scale (sd15), published sampling: FLOPs counted on the meta device, not timed"
-    cost = benchmark.pedantic(sampling_flops, args=(arch, "sd15"), rounds=1)
-    benchmark.extra_info.update(arch=arch, label=f"{_label(arch)} ({cost['sampler']} {cost['steps']} @ "
-                                f"{cost['image_size']} px)", tflop_per_video=cost["flops_per_video"] / 1e12,
-                                role="baseline" if arch == "survgen" else None)
+    sampling = dict(sampler=FAST_SAMPLING["sampler"], steps=FAST_SAMPLING["steps"]) if fast else {}
+    cost = benchmark.pedantic(sampling_flops, args=(arch, "sd15"), kwargs=sampling, rounds=1)
+    benchmark.extra_info.update(arch=arch, label=f"{_label(arch)}{', fast' if fast else ''} ({cost['sampler']} "
+                                f"{cost['steps']} @ {cost['image_size']} px)",
+                                tflop_per_video=cost["flops_per_video"] / 1e12,
+                                role="baseline" if arch == "survgen" and not fast else None,
+                                variant="fast" if fast else None)

@@ -2,9 +2,11 @@
 
 For each class, generate N candidates with no rejection but with the classifier's
 scores recorded, then count how many would pass top-1 and top-3 rejection. Chance
-levels are 1/8 and 3/8. Writes benchmarks/results/acceptance_default.json.
+levels are 1/8 and 3/8. Writes benchmarks/results/acceptance_default.json, or
+acceptance_default-<sampler>-<steps>.json (dpm++ written dpmpp) for another sampler than generate's default.
 
     python scripts/acceptance_rates.py [--n 24] [--classes G1 G6 G7] [--out /tmp/acceptance]
+                                       [--sampler dpm++ --steps 10]
 """
 
 import argparse
@@ -22,13 +24,16 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--n", type=int, default=24)
 parser.add_argument("--classes", nargs="+", default=["G1", "G6", "G7"])
 parser.add_argument("--out", type=Path, default=Path("/tmp/acceptance"))
+parser.add_argument("--sampler", default=GenerationConfig.sampler)
+parser.add_argument("--steps", type=int, default=GenerationConfig.steps)
 args = parser.parse_args()
 
 model, classifier = default_runs()
 results = {}
 for code in args.classes:
     started = time.perf_counter()
-    cfg = GenerationConfig(classes=[code], n=args.n, reject_topk=0, batch_size=4)
+    cfg = GenerationConfig(classes=[code], n=args.n, reject_topk=0, batch_size=4, sampler=args.sampler,
+                           steps=args.steps)
     manifest = generate(model, args.out / code, cfg, classifier=classifier, progress=False)
     videos = manifest["videos"]
     ranks = [[t["class"] for t in v["classifier_topk"]] for v in videos]
@@ -45,10 +50,12 @@ report = {
     "command": "python scripts/acceptance_rates.py " + " ".join(f"--{k} {v if not isinstance(v, list) else ' '.join(v)}"
                                                                for k, v in vars(args).items()),
     "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-    "sampler": "ddim, 25 steps, guidance 3.0",
+    "sampler": f"{args.sampler}, {args.steps} steps, guidance {GenerationConfig.guidance}",
     "chance": {"top1": 1 / 8, "top3": 3 / 8},
     "per_class": results,
 }
-path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "acceptance_default.json"
+default = (args.sampler, args.steps) == (GenerationConfig.sampler, GenerationConfig.steps)
+name = "acceptance_default.json" if default else f"acceptance_default-{args.sampler.replace('+', 'p')}-{args.steps}.json"
+path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / name
 path.write_text(json.dumps(report, indent=2) + "\n")
 print(path)

@@ -69,11 +69,12 @@ def preset_parameter_counts(preset: str, arch: str = "survgen",
 
 
 def sampling_flops(arch: str, preset: str, *, image_size: int | None = None, steps: int | None = None,
-                   frames: int = 16) -> dict:
+                   sampler: str | None = None, frames: int = 16) -> dict:
     """FLOPs of generating one `frames`-frame video: `steps` guided forward passes of the video model
     (conditional and unconditional branch as one batch of 2) and the VAE decoding of its frames.
 
-    `image_size` and `steps` default to the architecture's published sampling (`published_sampling`).
+    `image_size`, `steps` and `sampler` (a label: every sampler costs one guided pass per step) default
+    to the architecture's published sampling (`published_sampling`).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -95,5 +96,5 @@ def sampling_flops(arch: str, preset: str, *, image_size: int | None = None, ste
         with torch.no_grad(), FlopCounterMode(display=False) as decode:
             spatial.vae.decode(torch.empty(frames, channels, latent, latent))
     per_step, decoding = step.get_total_flops(), decode.get_total_flops()
-    return {"sampler": published["sampler"], "steps": steps, "image_size": image_size, "frames": frames,
+    return {"sampler": sampler or published["sampler"], "steps": steps, "image_size": image_size, "frames": frames,
             "flops_per_step": per_step, "flops_decode": decoding, "flops_per_video": steps * per_step + decoding}
