@@ -34,10 +34,10 @@ import torch
 from survgen.classes import ClassVocabulary
 from survgen.generation.sampler import VideoSampler
 from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SpatialModel, build_tiny
-from survgen.models.video_models import ARCHS, FAST_SAMPLING, build_video_model, published_sampling
+from survgen.models.video_models import (ARCHS, FAST_SAMPLING, NATIVE_IMAGE_SIZE, build_video_model,
+                                         published_sampling)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-NATIVE_SIZE = {"tiny": 64, "sd15": 256}
 PRESETS = [pytest.param("tiny", id="tiny"),
            pytest.param("sd15", id="sd15", marks=[pytest.mark.gpu_only, pytest.mark.paper_scale])]
 VOCABULARY = ClassVocabulary()
@@ -98,7 +98,7 @@ def _sample(benchmark, arch, preset, *, image_size, sampler, steps, quick):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_inference_same_sampler(benchmark, quick, preset, arch):
-    size, steps = NATIVE_SIZE[preset], 1 if quick else 25
+    size, steps = NATIVE_IMAGE_SIZE[preset], 1 if quick else 25
     benchmark.group = f"inference, architecture cost: {preset}, DDIM {steps} steps with guidance at {size} px"
     _sample(benchmark, arch, preset, image_size=size, sampler="ddim", steps=steps, quick=quick)
 
@@ -137,7 +137,7 @@ def _training_memory_cpu(step) -> int:
 def test_training_step(benchmark, quick, preset, arch):
     from survgen.training.stage2 import TemporalStageConfig, TemporalTrainee, stage2_loss
 
-    size = NATIVE_SIZE[preset]
+    size = NATIVE_IMAGE_SIZE[preset]
     frames = 4 if quick else 16
     benchmark.group = f"stage-2 training step: {preset}, 2 clips x {frames} frames at {size} px"
     spatial = spatial_model(preset)

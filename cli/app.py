@@ -140,9 +140,7 @@ def info(
         "attention_backends": {name: (reasons or "available") for name, reasons in backend_report().items()},
     }
     if preset:
-        from survgen.models.counts import preset_parameter_counts
-
-        from survgen.models.counts import sampling_flops
+        from survgen.models.counts import preset_parameter_counts, sampling_flops
 
         report["parameters"] = {"arch": arch, "preset": preset, **preset_parameter_counts(preset, arch)}
         cost = sampling_flops(arch, preset)

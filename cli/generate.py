@@ -52,8 +52,8 @@ def generate_command(
                              "--data DIR --spatial RUN --class G7 --out RUN` and pass --model RUN")
         model, shipped_classifier = default_runs()
         classifier = classifier or shipped_classifier
-    elif arch is not None and run_arch(model) != arch:
-        raise ValueError(f"{model}: a {run_arch(model)} model, not {arch}; drop --arch or pass a {arch} run")
+    elif arch is not None and (found := run_arch(model)) != arch:
+        raise ValueError(f"{model}: a {found} model, not {arch}; drop --arch or pass a {arch} run")
     out = out or Path("generated") / "-".join(classes or ["G7"]).replace("/", "_").replace(" ", "_")
     cfg = GenerationConfig(classes=classes or ["G7"], n=n, reject_topk=reject_topk, max_candidates=max_candidates,
                            batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance,

@@ -24,7 +24,7 @@ Presets: `tiny` is about the size of the tiny SurV-Gen video model (CPU);
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from diffusers import LatteTransformer3DModel, UNet3DConditionModel
@@ -61,7 +61,6 @@ class BaselineConfig:
     latent_size: int = 16  # latent frames are latent_size × latent_size
     text_dim: int = 768  # the text encoder's hidden size
     max_frames: int = 32  # Endora: frames its temporal position embedding covers
-    overrides: dict = field(default_factory=dict)  # changes to the preset's diffusers config
 
     def __post_init__(self):
         if self.arch not in BASELINES:
@@ -74,8 +73,8 @@ class BaselineConfig:
                              f"{self.model_config()['patch_size']}; choose an image size that is")
 
     def model_config(self) -> dict:
-        presets = LVDM_PRESETS if self.arch == "lvdm" else ENDORA_PRESETS
-        return {**presets[self.preset], **self.overrides}
+        """The preset's arguments of the diffusers model."""
+        return (LVDM_PRESETS if self.arch == "lvdm" else ENDORA_PRESETS)[self.preset]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,7 +15,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from survgen.classes import ClassVocabulary
 from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SpatialModel, build_tiny
-from survgen.models.video_models import build_video_model, check_arch, published_sampling
+from survgen.models.video_models import NATIVE_IMAGE_SIZE, build_video_model, check_arch, published_sampling
 
 # Paper Table 1's trainable parameters, the tolerance our sd15 preset is held to, and why it differs.
 PAPER_TRAINABLE = {
@@ -26,7 +26,6 @@ PAPER_TRAINABLE = {
                                   "(PixArt-α's adaLN-single) where Endora, like DiT, has one per block "
                                   "(28 × 6·1152² = 223M); its text cross-attention (which Endora lacks) adds 74M"),
 }
-LATENT_SIZE = {"tiny": 16, "sd15": 32}
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -52,7 +51,7 @@ def preset_parameter_counts(preset: str, arch: str = "survgen",
     with torch.device("meta"):
         spatial = _spatial_on_meta(preset)
         video = build_video_model(arch, spatial, preset=preset, num_classes=num_classes,
-                                  latent_size=LATENT_SIZE[preset])
+                                  latent_size=NATIVE_IMAGE_SIZE[preset] // spatial.vae_downsample)
     trainable = sum(p.numel() for p in video.trainable_parameters().values())
     counts = {"vae": _count(spatial.vae), "text_encoder": _count(spatial.text_encoder)}
     if arch == "survgen":
