@@ -151,7 +151,8 @@ def test_training_step(benchmark, quick, preset, arch):
     config = TemporalStageConfig()
 
     def loss():
-        return stage2_loss(trainee, spatial, prompts, pixels, class_ids, config, torch.Generator().manual_seed(0))
+        return stage2_loss(trainee, spatial, prompts, {"pixels": pixels, "class_id": class_ids}, config,
+                           torch.Generator().manual_seed(0))
 
     def step():
         loss().backward()

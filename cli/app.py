@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from survgen import __version__
-from survgen.cli.options import AttentionBackend, attention_backend
+from survgen.cli.options import AttentionBackend, ClipFps, Workers, attention_backend
 
 app = typer.Typer(
     name="survgen",
@@ -28,6 +28,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+
+
+@app.callback()
+def _global_options(
+    video_backend: Annotated[Optional[str], typer.Option(
+        "--video-backend", help="Video decoder for every command: pyav (default) | decord (or $SURVGEN_VIDEO_BACKEND; "
+                                "`survgen info` shows the one in use).")] = None,
+):
+    """SurV-Gen: generate surgical videos of under-represented classes to rebalance datasets."""
+    from survgen.data.video import BACKEND_VARIABLE, VIDEO_BACKENDS
+
+    if video_backend is not None:
+        if video_backend not in VIDEO_BACKENDS:
+            raise typer.BadParameter(f"{video_backend!r}; use one of {', '.join(VIDEO_BACKENDS)}",
+                                     param_hint="--video-backend")
+        # An environment variable, so DataLoader workers (forked or spawned) decode with the same backend.
+        os.environ[BACKEND_VARIABLE] = video_backend
 
 # ---------------------------------------------------------------- shared option types
 DataDir = Annotated[Optional[Path], typer.Option("--data", help="Dataset root (SAR-RARP50 layout, or videos + labels CSV); stored in the run, so not needed with --resume.")]
@@ -44,6 +61,7 @@ SampleEvery = Annotated[Optional[int], typer.Option("--sample-every", min=1, hel
 SampleSteps = Annotated[Optional[int], typer.Option("--sample-steps", min=1, help="Sampler steps for those samples.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (data order, noise, init).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+LatentCacheDir = Annotated[Optional[str], typer.Option("--cache", help="A `survgen data cache` folder made with this model's VAE, image size and clip rate: read the frames' VAE posteriors instead of decoding and encoding videos.")]
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
@@ -75,10 +93,11 @@ def user_errors(fn):
 
 
 def _train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay, checkpoint_every,
-                     sample_every, seed) -> dict:
+                     sample_every, seed, workers=None) -> dict:
     return dict(train_steps=steps, train_batch_size=batch_size, train_lr=lr, train_grad_accum=grad_accum,
                 train_mixed_precision=mixed_precision, train_ema_decay=ema_decay,
-                train_checkpoint_every=checkpoint_every, train_sample_every=sample_every, train_seed=seed)
+                train_checkpoint_every=checkpoint_every, train_sample_every=sample_every, train_seed=seed,
+                train_num_workers=workers)
 
 
 def _stage_config(cls, out: Path, stage: str, resume: bool, overrides: dict):
@@ -111,16 +130,23 @@ def _print_result(result, out: Path) -> None:
 def info(
     preset: Annotated[Optional[str], typer.Option(help="Also report parameter counts of this preset (tiny | sd15).")] = None,
     arch: Annotated[str, typer.Option(help="Video model of those counts: survgen | lvdm | endora.")] = "survgen",
+    memory: Annotated[bool, typer.Option("--memory", help="Also count each training stage's memory at --preset (bytes on the meta device).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="--memory: frames (stage 1) or clips (stage 2) per step.")] = 1,
+    image_size: Annotated[Optional[int], typer.Option(help="--memory: frame size (default: the preset's, sd15 256, tiny 64).")] = None,
+    mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="--memory: bf16 | fp16 | no.")] = "bf16",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ):
     """Versions, device, kernel backends (and why not), parameter counts and sampling FLOPs of a preset.
 
-    Example: survgen info --arch endora --preset sd15
+    Examples:
+      survgen info --arch endora --preset sd15
+      survgen info --preset sd15 --memory --batch-size 2
     """
     import diffusers
     import torch
     import transformers
 
+    from survgen.data.video import video_backend
     from survgen.kernels import BackendUnavailableError, backend_report, select_backend
 
     probe = torch.empty(1, 1, 1, 1, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -138,6 +164,7 @@ def info(
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA device)",
         "attention_backend": attention,
         "attention_backends": {name: (reasons or "available") for name, reasons in backend_report().items()},
+        "video_backend": video_backend(),
     }
     if preset:
         from survgen.models.counts import preset_parameter_counts, sampling_flops
@@ -149,9 +176,17 @@ def info(
                                   f"{cost['frames']} frames",
             "tflop_per_step": round(cost["flops_per_step"] / 1e12, 3),
             "tflop_per_video": round(cost["flops_per_video"] / 1e12, 2)}
+    if memory:
+        if not preset:
+            raise ValueError("--memory counts a preset's training memory: add --preset tiny or --preset sd15")
+        from survgen.models.memory import training_memory
+
+        report["memory"] = training_memory(preset, batch_size=batch_size, image_size=image_size,
+                                           mixed_precision=mixed_precision)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
+    counted = report.pop("memory", None)
     table = Table(title="survgen info", show_header=False)
     for key, value in report.items():
         if isinstance(value, dict):
@@ -161,6 +196,30 @@ def info(
         else:
             table.add_row(key, str(value))
     err.print(table)
+    if counted:
+        err.print(_memory_table(counted))
+        err.print("\n".join(f"  - {a}" for a in counted["assumptions"]), highlight=False)
+
+
+def _memory_table(memory: dict) -> Table:
+    from survgen.models.memory import GiB
+
+    table = Table(title=f"training memory in GiB, counted: {memory['preset']}, batch {memory['batch_size']}, "
+                        f"{memory['image_size']} px, {memory['mixed_precision']}")
+    stages = {"stage 1: frames": memory["spatial"], f"stage 2: {memory['temporal']['frames']}-frame clips": memory["temporal"]}
+    table.add_column("")
+    for name in stages:
+        table.add_column(name, justify="right")
+    rows = [("frozen weights", "frozen_weights"), ("trainable weights", "trainable_weights"),
+            ("gradients", "gradients"), ("AdamW moments", "optimizer_state"), ("EMA", "ema"),
+            ("AdamW step temporaries", "adamw_step_temporaries")]
+    for label, key in rows:
+        table.add_row(label, *(f"{s[key] / GiB:.2f}" for s in stages.values()))
+    for checkpointing, label in (("no_checkpointing", ""), ("checkpointing", ", checkpointed")):
+        table.add_row(f"saved activations{label}",
+                      *(f"{s['saved_activations'][checkpointing] / GiB:.2f}" for s in stages.values()))
+        table.add_row(f"[bold]total{label}", *(f"[bold]{s['total'][checkpointing] / GiB:.2f}" for s in stages.values()))
+    return table
 
 
 # ---------------------------------------------------------------- training
@@ -170,7 +229,8 @@ def train_vae(
     out: OutDir,
     data: DataDir = None,
     resume: Resume = False,
-    image_size: Annotated[Optional[int], typer.Option(help="Frame size the VAE is trained at.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Frame size the VAE is trained at (default: 64).")] = None,
+    clip_fps: ClipFps = None, workers: Workers = None,
     steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
     mixed_precision: MixedPrecision = None, checkpoint_every: CheckpointEvery = None,
     sample_every: SampleEvery = None, seed: Seed = None, quiet: Quiet = False,
@@ -181,8 +241,9 @@ def train_vae(
     """
     from survgen.training.autoencoder import AutoencoderStageConfig, train_autoencoder
 
-    overrides = dict(image_size=image_size, **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision,
-                                                              None, checkpoint_every, sample_every, seed))
+    overrides = dict(image_size=image_size, clip_fps=clip_fps,
+                     **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, None, checkpoint_every,
+                                        sample_every, seed, workers))
     cfg, stored = _stage_config(AutoencoderStageConfig, out, "vae", resume, overrides)
     data = _data_dir(data, stored)
     _print_result(train_autoencoder(data, out, cfg, resume=resume, progress=not quiet), out)
@@ -198,7 +259,8 @@ def train_spatial(
     pretrained: Annotated[Optional[str], typer.Option(help="Local SD 1.5 diffusers folder or .safetensors file.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Local CLIP tokenizer folder (single-file checkpoints).")] = None,
     vae: Annotated[Optional[str], typer.Option(help="tiny: the run folder of `survgen train-vae`.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Frame size to train at (sd15: 256 as in the paper).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Frame size to train at (default: the preset's: sd15 256 as in the paper, tiny 64).")] = None,
+    clip_fps: ClipFps = None, workers: Workers = None, cache: LatentCacheDir = None,
     train_text_encoder: Annotated[Optional[bool], typer.Option("--train-text-encoder/--freeze-text-encoder",
                                                                help="Fine-tune the text encoder too (default: tiny yes, sd15 no).")] = None,
     steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
@@ -209,14 +271,14 @@ def train_spatial(
 
     Examples:
       survgen train-spatial --data data/synth --vae runs/vae --out runs/spatial
-      survgen train-spatial --data SAR-RARP50/train --preset sd15 --pretrained ~/models/sd15 --image-size 256 --out runs/spatial
+      survgen train-spatial --data SAR-RARP50/train --preset sd15 --pretrained ~/models/sd15 --out runs/spatial
     """
     from survgen.training.stage1 import SpatialStageConfig, train_spatial as run_stage
 
     overrides = dict(preset=preset, pretrained=pretrained, tokenizer=tokenizer, vae=vae, image_size=image_size,
-                     train_text_encoder=train_text_encoder, sample_steps=sample_steps,
+                     clip_fps=clip_fps, cache=cache, train_text_encoder=train_text_encoder, sample_steps=sample_steps,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay,
-                                        checkpoint_every, sample_every, seed))
+                                        checkpoint_every, sample_every, seed, workers))
     cfg, stored = _stage_config(SpatialStageConfig, out, "spatial", resume, overrides)
     data = _data_dir(data, stored)
     _print_result(run_stage(data, out, cfg, resume=resume, progress=not quiet), out)
@@ -231,7 +293,8 @@ def train_temporal(
     classes: Annotated[Optional[list[str]], typer.Option("--class", help="Class to learn, by code (G7), id or name; repeatable.")] = None,
     resume: Resume = False,
     arch: Annotated[Optional[str], typer.Option(help="survgen (temporal blocks on the frozen spatial model) | lvdm | endora (baselines, trained whole).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Frame size to train at (default: the spatial model's).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Frame size to train at (default: the one stage 1 trained at).")] = None,
+    clip_fps: ClipFps = None, workers: Workers = None, cache: LatentCacheDir = None,
     attention_layers: Annotated[Optional[int], typer.Option(help="survgen: self-attention sub-layers per temporal block.")] = None,
     prior_dino: Annotated[Optional[str], typer.Option(help="endora: local DINO ViT folder; adds Endora's prior loss.")] = None,
     prior_weight: Annotated[Optional[float], typer.Option(help="endora: weight α of the prior loss (Endora: 0.5).")] = None,
@@ -251,11 +314,12 @@ def train_temporal(
     """
     from survgen.training.stage2 import TemporalStageConfig, train_temporal as run_stage
 
-    overrides = dict(arch=arch, classes=classes or None, image_size=image_size, attention_layers=attention_layers,
+    overrides = dict(arch=arch, classes=classes or None, image_size=image_size, clip_fps=clip_fps, cache=cache,
+                     attention_layers=attention_layers,
                      prior_dino=prior_dino, prior_weight=prior_weight,
                      gradient_checkpointing=gradient_checkpointing, sample_steps=sample_steps,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay,
-                                        checkpoint_every, sample_every, seed))
+                                        checkpoint_every, sample_every, seed, workers))
     cfg, stored = _stage_config(TemporalStageConfig, out, "temporal", resume, overrides)
     data = _data_dir(data, stored)
     spatial = Path(stored.parent) if stored and stored.parent else spatial
@@ -269,7 +333,7 @@ def train_temporal(
 def _mount_subcommands() -> None:
     from survgen.cli.data import app as data_app
 
-    app.add_typer(data_app, name="data", help="Create and inspect datasets (synth, stats).")
+    app.add_typer(data_app, name="data", help="Create and inspect datasets (synth, stats), cache their latents (cache).")
 
     from survgen.cli.generate import generate_command
 

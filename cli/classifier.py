@@ -17,6 +17,7 @@ from rich.table import Table
 from survgen.cli.app import (BatchSize, CheckpointEvery, DataDir, GradAccum, LearningRate, MixedPrecision, OutDir,
                              Quiet, Resume, Seed, Steps, _data_dir, _print_result, _stage_config, _train_overrides,
                              err)
+from survgen.cli.options import ClipFps, Workers
 
 
 def train_classifier_command(
@@ -26,7 +27,7 @@ def train_classifier_command(
     preset: Annotated[Optional[str], typer.Option(help="tiny (CPU-sized) | r3d18 (ResNet3D-18 widths, 112 px).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Frame size the classifier sees (default: the preset's).")] = None,
     clip_length: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip.")] = None,
-    frame_stride: Annotated[Optional[int], typer.Option(min=1, help="Frames between a clip's frames.")] = None,
+    clip_fps: ClipFps = None, workers: Workers = None,
     val_fraction: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Share of recordings held out for validation (split by video, never by clip).")] = None,
     balance: Annotated[Optional[str], typer.Option(help="loss: inverse-frequency class weights | sampler: oversample rare classes | none.")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Flip, resized crop and brightness/contrast jitter per clip.")] = None,
@@ -41,10 +42,10 @@ def train_classifier_command(
     """
     from survgen.training.classifier import ClassifierStageConfig, train_classifier
 
-    overrides = dict(preset=preset, image_size=image_size, clip_length=clip_length, frame_stride=frame_stride,
+    overrides = dict(preset=preset, image_size=image_size, clip_length=clip_length, clip_fps=clip_fps,
                      val_fraction=val_fraction, balance=balance, augment=augment,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, None,
-                                        checkpoint_every, val_every, seed))
+                                        checkpoint_every, val_every, seed, workers))
     cfg, stored = _stage_config(ClassifierStageConfig, out, "classifier", resume, overrides)
     data = _data_dir(data, stored)
     result = train_classifier(data, out, cfg, resume=resume, progress=not quiet)

@@ -1,4 +1,4 @@
-"""`survgen data ...`: create the procedural dataset and inspect the class balance of any dataset.
+"""`survgen data ...`: create the procedural dataset, inspect the class balance of any dataset, cache its latents.
 
 Human-readable output goes to stderr, machine output (paths, JSON) to stdout.
 Known input errors end with exit code 2 and a one-line message.
@@ -16,6 +16,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from survgen.cli.options import ClipFps
 
 app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_enable=False)
@@ -93,7 +95,7 @@ def stats(
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="Also write a bar chart PNG here (nothing is written without it).")] = None,
     clip_length: Annotated[int, typer.Option("--clip-length", min=1, help="Frames per clip.")] = 16,
-    frame_stride: Annotated[int, typer.Option("--frame-stride", min=1, help="Step between a clip's frames.")] = 1,
+    clip_fps: ClipFps = None,
     clip_step: Annotated[int, typer.Option("--clip-step", min=1, help="Frames between clip centres.")] = 6,
     layout: Annotated[str, typer.Option("--layout", help="auto | sar-rarp50 | csv.")] = "auto",
     labels_csv: Annotated[Optional[Path], typer.Option(
@@ -106,11 +108,12 @@ def stats(
       survgen data stats data/synth --plot class_balance.png
       survgen data stats my_videos --layout csv --labels-csv my_videos/labels.csv --json
     """
-    from survgen.data.index import build_index
+    from survgen.data.index import CLIP_FPS, build_index
     from survgen.data.stats import class_balance_plot, class_statistics
 
+    clip_fps = clip_fps or CLIP_FPS
     with _exit_on_input_errors(), _warnings_to_console():
-        index = build_index(data, clip_length=clip_length, frame_stride=frame_stride, clip_step=clip_step,
+        index = build_index(data, clip_length=clip_length, clip_fps=clip_fps, clip_step=clip_step,
                             layout=layout, labels_csv=labels_csv)
         rows = class_statistics(index)
         if plot is not None:
@@ -118,7 +121,7 @@ def stats(
                                title=f"{clip_length}-frame clips per class: {data}")
 
     table = Table(title=f"{data} ({index.layout} layout)", caption=(
-        f"{len(index)} clips of {clip_length} frames (stride {frame_stride}) from {len(index.video_ids())} recordings; "
+        f"{len(index)} clips of {clip_length} frames at {clip_fps:g} fps from {len(index.video_ids())} recordings; "
         "orange: under-represented"))
     for column in ("code", "action", "clips", "share", "recordings", "labelled frames"):
         table.add_column(column, justify="left" if column in ("code", "action") else "right")
@@ -130,8 +133,58 @@ def stats(
         err.print(f"{len(index.warnings)} warning(s) above: those files or lines were skipped.", highlight=False)
     if as_json:
         typer.echo(json.dumps({"root": str(data), "layout": index.layout, "clip_length": clip_length,
-                               "frame_stride": frame_stride, "clips": len(index),
+                               "clip_fps": clip_fps, "clips": len(index),
                                "classes": [row.__dict__ for row in rows], "warnings": index.warnings,
                                "plot": str(plot) if plot is not None else None}, indent=2))
     elif plot is not None:
         typer.echo(str(plot))
+
+
+@app.command()
+def cache(
+    out: Annotated[Path, typer.Option("--out", help="Cache folder to create (or to finish, rerun with the same options).")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset root (SAR-RARP50 layout, or videos + labels CSV).")],
+    spatial: Annotated[Optional[Path], typer.Option(
+        "--spatial", help="Stage-1 run folder, or a diffusers SD folder: its VAE encodes the frames.")] = None,
+    vae: Annotated[Optional[Path], typer.Option(
+        "--vae", help="tiny: a `survgen train-vae` run instead, so stage 1 can train from the cache.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(
+        "--image-size", min=8, help="Frame size to encode at (default: the one the run trained at; a raw SD folder needs it).")] = None,
+    clip_fps: ClipFps = None,
+    clip_length: Annotated[int, typer.Option("--clip-length", min=1, help="Frames per clip.")] = 16,
+    dtype: Annotated[str, typer.Option("--dtype", help="float16 (half the disk, far below the diffusion noise) | float32 (exact).")] = "float16",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per VAE forward pass.")] = 16,
+):
+    """Encode every frame the clips need once: the frozen VAE's posterior, for --cache on train-spatial/-temporal.
+
+    Build it with the clip rate, clip length and image size you train with; a
+    killed build continues when rerun with the same options.
+
+    Examples:
+      survgen data cache --data data/synth --vae runs/vae --out cache/synth
+      survgen data cache --data SAR-RARP50/train --spatial runs/spatial --out cache/sar --clip-fps 10
+    """
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from survgen.data.index import CLIP_FPS, build_index
+    from survgen.data.latent_cache import build_latent_cache
+    from survgen.training.stage1 import load_cache_vae
+
+    began = time.perf_counter()
+    with _exit_on_input_errors(), _warnings_to_console():
+        model, run_size = load_cache_vae(spatial=spatial, vae=vae)
+        if (image_size := image_size or run_size) is None:
+            raise ValueError(f"{spatial}: not a survgen run, so its image size is unknown; pass --image-size "
+                             "(the size you will train at, e.g. 256 for sd15)")
+        index = build_index(data, clip_length=clip_length, clip_fps=clip_fps or CLIP_FPS)
+        with Progress(TextColumn("encoding frames"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                      transient=True) as bar:
+            task = bar.add_task("frames", total=None)
+            build_latent_cache(index, model, out, image_size=image_size, vae_source=str(spatial or vae), dtype=dtype,
+                               batch_size=batch_size,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    err.print(f"latent cache of {len(index.video_ids())} recordings at {image_size} px ({dtype}) in {out}, "
+              f"{time.perf_counter() - began:.1f} s; train with --cache {out}", highlight=False)
+    typer.echo(str(out))

@@ -28,7 +28,7 @@ def generate_command(
     steps: Annotated[int, typer.Option("--steps", help="Sampler steps.")] = 25,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")] = 3.0,
     frames: Annotated[int, typer.Option("--frames", help="Frames per video.")] = 16,
-    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written videos.")] = 8.0,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="Frame rate of the written videos (default: the clip rate the model trained at).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed; each video's own seed is in the manifest.")] = 0,
     gif: Annotated[bool, typer.Option("--gif", help="Also write a GIF of every kept video.")] = False,
     keep_rejected: Annotated[bool, typer.Option("--keep-rejected", help="Write rejected videos under rejected/.")] = False,

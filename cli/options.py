@@ -1,4 +1,4 @@
-"""Options shared by several commands that are not plain values: the temporal-attention backend."""
+"""Options shared by command modules: the temporal-attention backend, the clip rate, data-loading workers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ AttentionBackend = Annotated[Optional[str], typer.Option(
     help="Temporal-attention backend: reference | cpu | cuda | triton. Default: the fastest that can run "
          "(or $SURVGEN_ATTENTION); `survgen info` lists each and why it can or cannot run here.",
 )]
+
+ClipFps = Annotated[Optional[float], typer.Option("--clip-fps", min=0.001, help="Clip rate: each video's frames are taken round(its fps / clip fps) apart (default: 10, SAR-RARP50's label rate: stride 6 at 60 fps).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Data-loading processes; 0 loads in the training process (default: min(8, CPU cores - 1)).")]
 
 
 @contextlib.contextmanager

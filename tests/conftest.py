@@ -20,7 +20,8 @@ def fast_train(**kw):
     """Training options for tests: small batches, no EMA, no checkpoints or samples unless asked."""
     from survgen.training.loop import TrainConfig
 
-    base = dict(batch_size=4, lr=1e-3, checkpoint_every=1000, sample_every=1000, log_every=1, ema_decay=0.0)
+    base = dict(batch_size=4, lr=1e-3, checkpoint_every=1000, sample_every=1000, log_every=1, ema_decay=0.0,
+                num_workers=0)
     return TrainConfig(**{**base, **kw})
 
 

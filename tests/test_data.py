@@ -106,28 +106,6 @@ def test_read_frames_keeps_order_and_repeats_and_refuses_missing_frames(tmp_path
         read_frames(tmp_path / "missing.avi", [0])
 
 
-def test_frames_decord_refuses_are_decoded_with_pyav(tmp_path, monkeypatch, caplog):
-    import decord
-
-    from survgen.data import video as video_module
-
-    frames = _moving_frames()
-    path = write_video(tmp_path / "v.avi", frames, 10)
-
-    class RefusingReader:
-        def __len__(self):
-            return len(frames)
-
-        def get_batch(self, indices):
-            raise decord.DECORDError("[12:00:00] video_reader.cc:1: Check failed: The size must exactly match")
-
-    monkeypatch.setattr(video_module, "_reader", lambda p: RefusingReader())
-    with caplog.at_level(logging.WARNING, logger="survgen.data"):
-        got = read_frames(path, [11, 3])
-    assert "decoding with PyAV instead" in caplog.text and "v.avi" in caplog.text
-    assert np.abs(got.astype(int) - frames[[11, 3]]).mean() < 3
-
-
 def test_truncated_and_corrupt_files_raise_video_read_error_naming_the_file(tmp_path):
     path = write_video(tmp_path / "v.avi", _moving_frames(), 10)
     data = path.read_bytes()
@@ -188,6 +166,26 @@ def test_frame_stride_spreads_a_clip(synth_dataset):
     clip = index.clips[0]
     assert clip.end - clip.start == 31 and list(index.frames(clip)) == list(range(clip.start, clip.end, 2))
     assert len(index) < len(build_index(synth_dataset))
+
+
+def test_clip_rate_sets_each_videos_stride(tmp_path):
+    """30 and 60 fps recordings in one CSV dataset: at 10 Hz their clips take every 3rd and every 6th frame."""
+    for name, fps in (("slow.avi", 30), ("fast.avi", 60), ("odd.avi", 25)):
+        write_video(tmp_path / name, np.zeros((200, 16, 16, 3), np.uint8), fps=fps)
+    (tmp_path / "labels.csv").write_text("video,start_frame,end_frame,class\n"
+                                         "slow.avi,0,200,G1\nfast.avi,0,200,G7\nodd.avi,0,200,G0\n")
+    index = build_index(tmp_path, clip_fps=10)
+    strides = {c.video.name: c.stride for c in index.clips}
+    assert strides == {"slow.avi": 3, "fast.avi": 6, "odd.avi": 2}
+    fast = next(c for c in index.clips if c.video.name == "fast.avi")
+    assert list(index.frames(fast)) == list(range(fast.start, fast.start + 91, 6))
+    assert any("odd.avi" in w and "12.5 fps" in w for w in index.warnings)  # 25 fps has no whole stride for 10 Hz
+    assert index.stride_of(tmp_path / "slow.avi") == 3
+
+
+def test_synthetic_dataset_plays_at_the_clip_rate(synth_dataset):
+    """The bundled data are rendered at 10 fps, so the default clip rate takes every frame."""
+    assert build_index(synth_dataset, clip_fps=10).clips == build_index(synth_dataset).clips
 
 
 def test_frame_dataset_holds_each_covered_frame_once(synth_dataset):

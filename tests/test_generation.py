@@ -12,6 +12,7 @@ from survgen.classes import ClassVocabulary
 from survgen.data.index import build_index
 from survgen.generation.run import GenerationConfig, GenerationError, accepted, candidate_seed, generate
 from survgen.generation.sampler import VideoSampler
+from survgen.models.classifier import ClassifierConfig
 from survgen.training.stage2 import load_video_model
 
 G0, G3, G7 = 0, 3, 7
@@ -22,7 +23,7 @@ class ScriptedClassifier(nn.Module):
 
     def __init__(self, *rankings, stop_at_call=None):
         super().__init__()
-        self.config = SimpleNamespace(image_size=32, clip_length=16, frame_stride=1)
+        self.config = ClassifierConfig(image_size=32, clip_length=16)
         self.rankings, self.stop_at_call, self.calls, self.shapes = rankings, stop_at_call, 0, []
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives the judge a device
 

@@ -97,3 +97,52 @@ def test_temporal_stage_with_the_fused_kernel_trains_like_the_reference(synth_da
     assert difference.norm() / reference.norm() < 1e-4
     # ...and the two runs did go through different code (bitwise equal results would mean the op never ran).
     assert not all(torch.equal(weights["cpu"][n], weights["reference"][n]) for n in weights["cpu"])
+
+
+def test_stage1_image_size_follows_the_preset_and_is_stored(spatial_run):
+    """No --image-size: the tiny preset's 64 px, written into run.json for stage 2 to read."""
+    run = read_run(spatial_run[0], stage="spatial")
+    assert run.options["image_size"] == 64 and run.options["clip_fps"] == 10.0
+
+
+def test_stage2_drops_prompt_and_class_together(synth_dataset, spatial_run, monkeypatch):
+    """The unconditional branch sampling uses (no prompt, no class) is what dropout trains."""
+    from survgen.training import stage2
+
+    spatial, _ = stage2.load_spatial_run(spatial_run[0])
+    video_model = stage2.build_video_model("survgen", spatial, preset="tiny", num_classes=8, latent_size=16,
+                                           temporal=stage2.TEMPORAL_PRESETS["tiny"])
+    trainee = stage2.TemporalTrainee(video_model, spatial)
+    prompts = spatial.encode_prompts(["a", "b", ""])
+    seen = {}
+
+    def record(sample, timesteps, text, class_labels, **_):
+        seen["text"], seen["labels"] = text, class_labels
+        return torch.zeros_like(sample)
+
+    monkeypatch.setattr(video_model, "forward", record)
+    cfg = TemporalStageConfig(condition_dropout=0.5)
+    class_ids = torch.ones(64, dtype=torch.long)
+    stage2.stage2_loss(trainee, spatial, prompts, {"pixels": torch.zeros(64, 2, 3, 64, 64), "class_id": class_ids},
+                       cfg, torch.Generator().manual_seed(0))
+    no_prompt = (seen["text"] == prompts[-1]).flatten(1).all(1)
+    no_class = seen["labels"] == video_model.null_class
+    assert torch.equal(no_prompt, no_class) and 10 < int(no_class.sum()) < 54
+
+
+def test_stage2_refuses_a_raw_epsilon_prediction_folder(synth_dataset, spatial_run, tmp_path):
+    """A raw SD 1.5 folder predicts epsilon: stage 2 says so and names the stage-1 command instead."""
+    import shutil
+
+    from survgen.models.spatial import ModelLoadError
+
+    raw = tmp_path / "sd15-like"
+    shutil.copytree(spatial_run[0] / "model", raw)
+    config = raw / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "epsilon"}))
+    with pytest.raises(ModelLoadError, match="predicts epsilon.*train-spatial --preset sd15"):
+        train_temporal(synth_dataset, raw, tmp_path / "t", TemporalStageConfig(), progress=False)
+    assert not (tmp_path / "t").exists()
+    # the stage-1 export itself is v-prediction and is accepted as --spatial
+    train_temporal(synth_dataset, spatial_run[0] / "model", tmp_path / "ok",
+                   TemporalStageConfig(train=fast_train(steps=1, batch_size=1)), progress=False)

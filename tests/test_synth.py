@@ -39,7 +39,7 @@ def test_layout_is_sar_rarp50_with_a_label_every_sixth_frame(synth_dataset):
     assert [f.name for f in folders] == [f"video_{i:02d}" for i in range(1, 13)]
     for folder in folders:
         info = probe_video(folder / "video_left.avi")
-        assert (info.height, info.width, info.fps) == (64, 64, 30.0)
+        assert (info.height, info.width, info.fps) == (64, 64, 10.0)
         lines = (folder / "action_discrete.txt").read_text().splitlines()
         frames = [int(line.split(",")[0]) for line in lines]
         classes = {int(line.split(",")[1]) for line in lines}

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from survgen.training.checkpoint import read_latest_checkpoint
-from survgen.training.loop import PlannedBatches, TrainConfig, TrainingDivergedError, check_trainable
+from survgen.training.loop import PlannedBatches, TrainConfig, TrainingDivergedError, check_trainable, loader_workers
 from toy_training import ToyModel, run, toy_loss
 
 HERE = Path(__file__).parent
@@ -50,6 +50,21 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_pa
     # the killed run's log lines after step 3 were replaced, not duplicated
     steps = [json.loads(l)["step"] for l in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+
+
+def test_loader_workers_change_nothing_but_speed(tmp_path):
+    """Two DataLoader processes feed the same batches in the same order as loading in the training process."""
+    alone_model, alone = run(tmp_path / "alone", num_workers=0)
+    fed_model, fed = run(tmp_path / "fed", num_workers=2)
+    assert fed.losses == alone.losses and fed_model.seen == alone_model.seen
+    assert torch.equal(fed_model.head.weight, alone_model.head.weight)
+
+
+def test_loader_workers_default_to_the_cores_but_one():
+    cores = len(os.sched_getaffinity(0))
+    assert loader_workers(None) == max(0, min(8, cores - 1)) and loader_workers(0) == 0 and loader_workers(3) == 3
+    with pytest.raises(ValueError, match="num_workers must be 0"):
+        TrainConfig(num_workers=-1)
 
 
 def test_checkpoints_hold_the_full_training_state_and_old_ones_are_pruned(tmp_path):

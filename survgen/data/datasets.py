@@ -1,9 +1,10 @@
 """torch Datasets over a `VideoIndex`: 16-frame clips for stage 2 and the classifier, frames for stage 1.
 
-Pixels come out as float32 in [-1, 1], channels first. Frames are decoded
-with decord through `read_frames`, which keeps a few open readers per process
-(so DataLoader workers, forked or spawned, each open their own); the datasets
-themselves hold only the index, so they pickle cheaply to workers.
+Pixels come out as float32 in [-1, 1], channels first. Frames are decoded,
+already at the training size, through `read_frames`, which keeps a few open
+files per process (so DataLoader workers, forked or spawned, each open their
+own); the datasets themselves hold only the index, so they pickle cheaply to
+workers.
 """
 
 from __future__ import annotations
@@ -12,23 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from survgen.data.index import DatasetError, VideoIndex
 from survgen.data.video import probe_video, read_frames
 
 
-def to_pixels(frames: np.ndarray, size: int | None) -> torch.Tensor:
-    """uint8 `(n, H, W, 3)` → float32 `(n, 3, size, size)` in [-1, 1] (bilinear, antialiased resize).
+def to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 `(n, H, W, 3)` → float32 `(n, 3, H, W)` in [-1, 1].
 
-    A non-square frame is stretched to the square rather than cropped, so
-    instruments at the frame's edges stay in view.
+    Resizing happens in the decoder (`read_frames(..., size=)`), so no
+    full-resolution float tensor is ever made.
     """
     pixels = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).float()
-    if size is not None and tuple(pixels.shape[-2:]) != (size, size):
-        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return pixels.div_(127.5).sub_(1.0).clamp_(-1.0, 1.0)
+    return pixels.div_(127.5).sub_(1.0)
 
 
 def _check_size(index: VideoIndex, size: int | None, videos: list[Path]) -> None:
@@ -60,8 +58,8 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         clip = self.index.clips[i]
-        frames = read_frames(clip.video, self.index.frames(clip))
-        return {"pixels": to_pixels(frames, self.size), "class_id": clip.class_id}
+        frames = read_frames(clip.video, self.index.frames(clip), self.size)
+        return {"pixels": to_pixels(frames), "class_id": clip.class_id}
 
 
 class FrameDataset(Dataset):
@@ -96,5 +94,5 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         video = self.videos[int(self.video_numbers[i])]
-        frame = read_frames(video, [int(self.frame_numbers[i])])
-        return {"pixels": to_pixels(frame, self.size)[0], "class_id": int(self.class_ids[i])}
+        frame = read_frames(video, [int(self.frame_numbers[i])], self.size)
+        return {"pixels": to_pixels(frame)[0], "class_id": int(self.class_ids[i])}

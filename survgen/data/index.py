@@ -13,11 +13,17 @@ built once from one of two layouts:
   frames `start_frame` (inclusive) to `end_frame` (exclusive) show `class`,
   given as an id (`7`), a code (`G7`) or a name (`returning/dropping the needle`).
 
-A clip is `clip_length` frames, `frame_stride` apart, centred on a frame of
+A clip is `clip_length` frames, a stride apart, centred on a frame of
 the grid 0, `clip_step`, 2·`clip_step`, … (SAR-RARP50's labelled frames for
 the default step of 6; in the CSV layout the grid starts at each segment's
 first clip, so a segment exactly one clip long gives that clip), kept only when the whole clip lies inside one labelled
-segment, so it shows one action. Its frames are `range(start, end, frame_stride)`.
+segment, so it shows one action. Its frames are `range(start, end, stride)`.
+
+The stride comes from the clip rate: with `clip_fps` each video's stride is
+`round(its fps / clip_fps)`, so a clip spans the same time in 30 and 60 fps
+recordings (SAR-RARP50: 60 fps, labels at 10 Hz, so `clip_fps=10` gives
+stride 6 and 16 frames span 1.6 s). Without it, every video uses
+`frame_stride`.
 
 Bad input never stops the rest of the dataset from loading: an unreadable or
 truncated video, labels past the end of a video, an unknown class, a segment
@@ -46,6 +52,7 @@ SAR_RARP50_VIDEO = "video_left.avi"
 SAR_RARP50_LABELS = "action_discrete.txt"
 DEFAULT_LABELS_CSV = "labels.csv"
 CSV_COLUMNS = ("video", "start_frame", "end_frame", "class")
+CLIP_FPS = 10.0  # the default clip rate: SAR-RARP50's label rate, which its recognisers work at
 
 
 class DatasetError(ValueError):
@@ -59,6 +66,7 @@ class ClipRecord:
     start: int
     end: int  # exclusive
     class_id: int
+    stride: int = 1
 
 
 @dataclass(frozen=True)
@@ -86,13 +94,18 @@ class VideoIndex:
     segments: list[Segment] = field(default_factory=list)
     videos: dict[Path, VideoInfo] = field(default_factory=dict)
     layout: str = "sar-rarp50"
+    clip_fps: float | None = None
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def frames(self, clip: ClipRecord) -> range:
         """The frame indices of a clip: exactly `clip_length` of them."""
-        return range(clip.start, clip.end, self.frame_stride)
+        return range(clip.start, clip.end, clip.stride)
+
+    def stride_of(self, video: Path) -> int:
+        """The frame stride of `video`'s clips: from the clip rate, or `frame_stride` without one."""
+        return clip_stride(self.videos[video].fps, self.clip_fps) if self.clip_fps else self.frame_stride
 
     def class_counts(self) -> dict[int, int]:
         """Clips per class id, every class of the vocabulary present (zeros included)."""
@@ -162,6 +175,11 @@ def video_id(name: str) -> str:
     return match.group(1) if match else name
 
 
+def clip_stride(video_fps: float, clip_fps: float) -> int:
+    """Frames between a clip's frames so that they come at about `clip_fps` (at least 1)."""
+    return max(1, round(video_fps / clip_fps))
+
+
 def _natural_key(text: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
@@ -179,6 +197,7 @@ def build_index(
     root: str | Path,
     *,
     clip_length: int = 16,
+    clip_fps: float | None = None,
     frame_stride: int = 1,
     clip_step: int = 6,
     layout: str = "auto",
@@ -190,6 +209,8 @@ def build_index(
     for name, value in (("clip_length", clip_length), ("frame_stride", frame_stride), ("clip_step", clip_step)):
         if int(value) != value or value < 1:
             raise DatasetError(f"{name} must be a positive whole number, got {value}")
+    if clip_fps is not None and not clip_fps > 0:
+        raise DatasetError(f"clip_fps must be a positive frame rate, got {clip_fps}")
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if not root.is_dir():
@@ -206,20 +227,32 @@ def build_index(
         videos, segments = _read_csv_layout(root, csv_path, vocabulary, warnings)
         where = f"{csv_path} (videos under {root})"
 
-    clips = _clips(videos, segments, clip_length, frame_stride, clip_step, vocabulary, warnings,
+    strides = {video: _stride(video, info, clip_fps, frame_stride, warnings) for video, info in videos.items()}
+    clips = _clips(videos, segments, clip_length, strides, clip_step, vocabulary, warnings,
                    grid_from_segment_start=layout == "csv")
     if not clips:
         detail = ""
         if warnings:
             more = f" | … {len(warnings) - 3} more" if len(warnings) > 3 else ""
             detail = f"; problems: {' | '.join(warnings[:3])}{more}"
+        rate = f"clip rate {clip_fps:g} fps" if clip_fps else f"frame stride {frame_stride}"
         raise DatasetError(
-            f"{root}: no {clip_length}-frame clips (frame stride {frame_stride}) found in the {layout} layout, "
-            f"looked at {where}{detail}"
+            f"{root}: no {clip_length}-frame clips ({rate}) found in the {layout} layout, looked at {where}{detail}"
         )
     return VideoIndex(root=root, vocabulary=vocabulary, clips=clips, frame_stride=frame_stride,
                       clip_length=clip_length, warnings=list(warnings), segments=segments,
-                      videos=videos, layout=layout)
+                      videos=videos, layout=layout, clip_fps=clip_fps)
+
+
+def _stride(video: Path, info: VideoInfo, clip_fps: float | None, frame_stride: int, warnings: _Warnings) -> int:
+    if clip_fps is None:
+        return frame_stride
+    stride = clip_stride(info.fps, clip_fps)
+    actual = info.fps / stride
+    if abs(actual - clip_fps) > 0.05 * clip_fps:
+        warnings.add(f"{video}: at {info.fps:g} fps a clip rate of {clip_fps:g} fps is not a whole stride; "
+                     f"its clips take every {stride}. frame ({actual:.3g} fps)")
+    return stride
 
 
 def _detect_layout(root: Path, labels_csv) -> str:
@@ -392,16 +425,17 @@ def _read_csv_layout(root: Path, csv_path: Path, vocabulary: ClassVocabulary, wa
     return videos, segments
 
 
-def _clips(videos: dict[Path, VideoInfo], segments: list[Segment], clip_length: int, frame_stride: int,
+def _clips(videos: dict[Path, VideoInfo], segments: list[Segment], clip_length: int, strides: dict[Path, int],
            clip_step: int, vocabulary: ClassVocabulary, warnings: _Warnings, *,
            grid_from_segment_start: bool) -> list[ClipRecord]:
-    span = (clip_length - 1) * frame_stride + 1  # frames from a clip's first to its last, inclusive
-    before = (clip_length // 2) * frame_stride  # frames from a clip's start to its centre
     clips: list[ClipRecord] = []
     by_video: dict[Path, list[Segment]] = defaultdict(list)
     for segment in segments:
         by_video[segment.video].append(segment)
     for video, info in videos.items():
+        stride = strides[video]
+        span = (clip_length - 1) * stride + 1  # frames from a clip's first to its last, inclusive
+        before = (clip_length // 2) * stride  # frames from a clip's start to its centre
         made, short = 0, []
         for segment in by_video.get(video, []):
             if grid_from_segment_start:  # CSV segments are arbitrary: the first clip starts with the segment
@@ -411,7 +445,7 @@ def _clips(videos: dict[Path, VideoInfo], segments: list[Segment], clip_length: 
             centre, n = first_centre, 0
             while centre - before + span <= min(segment.end, info.num_frames):
                 start = centre - before
-                clips.append(ClipRecord(video, segment.video_id, start, start + span, segment.class_id))
+                clips.append(ClipRecord(video, segment.video_id, start, start + span, segment.class_id, stride))
                 centre += clip_step
                 n += 1
             made += n
@@ -421,7 +455,7 @@ def _clips(videos: dict[Path, VideoInfo], segments: list[Segment], clip_length: 
             warnings.add(f"{video}: no labelled frames; video skipped")
         elif made == 0:
             warnings.add(f"{video}: no labelled segment is long enough for one {clip_length}-frame clip "
-                         f"(stride {frame_stride}: {span} frames; the video has {info.num_frames}); video gives no clips")
+                         f"(stride {stride}: {span} frames; the video has {info.num_frames}); video gives no clips")
         elif short:
             listed = ", ".join(f"{vocabulary.code(s.class_id)} at frames {s.start}-{s.end}" for s in short[:3])
             more = f" and {len(short) - 3} more" if len(short) > 3 else ""

@@ -20,6 +20,10 @@ carries the class in its motion, not only in a still frame:
     G6 cutting the suture    scissors snap open and shut over a thread held up; it splits and the ends part
     G7 returning/dropping    jaws open, the needle tumbles away out of view, the grasper withdraws
 
+The videos play at 10 fps, SAR-RARP50's label rate and the default clip rate
+(`CLIP_FPS`), so clips take every frame and 16 frames span 1.6 s, as a clip of
+a 60 fps recording does at stride 6.
+
 Segments are dealt so that G1, G6 and G7 are rare (4 % of segments each) and
 G2-G4 common, as in SAR-RARP50; every class gets at least one segment.
 """
@@ -28,15 +32,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
+import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from survgen.classes import SAR_RARP50_ACTIONS
+from survgen.data.index import CLIP_FPS
 from survgen.data.video import write_video
-from survgen.io import atomic_folder
+from survgen.io import atomic_folder, atomic_path
 
 LABEL_STEP = 6  # SAR-RARP50 labels every 6th frame (10 Hz of 60 fps video)
 SEGMENT_LENGTHS = tuple(range(30, 61, LABEL_STEP))  # frames; each holds several 16-frame clips
@@ -50,7 +57,7 @@ def synthesize_dataset(
     num_videos: int = 36,
     size: int = 64,
     seed: int = 0,
-    fps: float = 30,
+    fps: float = CLIP_FPS,
     frames_per_video: int = 270,
     *,
     overwrite: bool = False,
@@ -566,3 +573,52 @@ ACTIONS: tuple[Callable[[Scene, SegmentParams, int, int], Pose], ...] = (
     action_other, action_pick_up, action_position, action_push,
     action_pull, action_tie_knot, action_cut, action_drop,
 )
+
+
+# ---------------------------------------------------------------- recordings at camera size
+RECORDING_CODECS = ("h264", "mjpeg")
+RECORDING_SEGMENT = 40 * LABEL_STEP  # frames per action
+
+
+def write_recording_fixture(folder: str | Path, *, width: int = 1920, height: int = 1080, fps: float = 60,
+                            num_frames: int = 120, codec: str = "h264", gop: int = 60, seed: int = 0) -> Path:
+    """Write one SAR-RARP50-style recording, `folder/video_left.avi` + `folder/action_discrete.txt`; return the video.
+
+    For tests and benchmarks of the data path at a camera's frame size: the
+    procedural scene is rendered at 128×128, stretched (bilinear) to
+    `width`×`height`, and given a light per-frame grain, so the encoder has
+    residuals to code as with a real sensor. `codec` "h264": libx264 preset
+    veryfast, crf 23, yuv420p, a keyframe every `gop` frames (closed GOPs, no
+    scene-cut keyframes), B-frames as the preset sets them; "mjpeg": every
+    frame a keyframe. Labels: one class per 240-frame segment (4 s at 60 fps,
+    long enough for a stride-6 clip; G0, G1, ... in turn), a `frame,class`
+    line every 6th frame.
+    """
+    if codec not in RECORDING_CODECS:
+        raise ValueError(f"codec must be one of {', '.join(RECORDING_CODECS)}, got {codec!r}")
+    if codec == "h264" and (width % 2 or height % 2):
+        raise ValueError(f"H.264 (yuv420p) needs even width and height, got {width}x{height}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lengths = [RECORDING_SEGMENT] * (num_frames // RECORDING_SEGMENT) + [num_frames % RECORDING_SEGMENT]
+    segments = [(k % len(SEGMENT_SHARE), n) for k, n in enumerate(lengths) if n]
+    frames, labels = render_video(segments, 128, rng)
+    path = folder / "video_left.avi"
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="avi") as container:
+        if codec == "h264":
+            options = {"preset": "veryfast", "crf": "23", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options=options)
+            stream.pix_fmt = "yuv420p"
+        else:
+            stream = container.add_stream("mjpeg", rate=Fraction(fps).limit_denominator(1001))
+            stream.pix_fmt = "yuvj420p"
+        stream.width, stream.height = width, height
+        for small in frames:
+            big = np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR), np.int16)
+            grain = rng.integers(-3, 4, size=(height, width, 1), dtype=np.int16)
+            frame = np.clip(big + grain, 0, 255).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    (folder / "action_discrete.txt").write_text("".join(f"{f},{c}\n" for f, c in labels))
+    return path

@@ -1,17 +1,26 @@
-"""Video files in and out: probe, decode frames with decord, write AVI / MP4 / GIF.
+"""Video files in and out: probe, decode frames (PyAV, or decord if chosen), write AVI / MP4 / GIF.
 
-decord decodes fast but trusts the frame count the container declares. When a
-file over-reports it (a truncated recording, a header written from duration ×
-fps), asking decord for a frame past the real end can spin forever in native
-code while holding the GIL, where no Python timeout can stop it
-(dmlc/decord#373). So every file is probed once with PyAV first: its packets
-are demuxed (not decoded) and counted, which always ends at the end of the file.
-A damaged packet means a truncated or corrupt file and raises
-`VideoReadError`; otherwise the frame count used everywhere is the smallest of
-PyAV's count and decord's, and `read_frames` refuses any index past it, so
-decord is never asked for a frame that is not there. Where decord fails on a
-frame it has (decord 0.6 refuses some frame sizes), the frames are decoded with
-PyAV instead, with one logged warning per file.
+Decoding backend: PyAV by default; `SURVGEN_VIDEO_BACKEND=decord` (or
+`survgen --video-backend decord`) selects decord, imported only then. decord
+is kept for comparison, not recommended: its reader runs a decoder thread that
+can still be converting a frame when the interpreter exits, and then the
+process dies in its teardown (SIGSEGV or `double free or corruption` in
+`decord::runtime::NDArray::Empty`, called from
+`FFMPEGThreadedDecoder::WorkerThreadImpl`), after the work is done; closing
+its readers at exit instead can hang in the thread join. It also returns
+other frames than asked for from H.264 with B-frames in AVI (the container
+of SAR-RARP50's recordings; asked for frame 24 of a file with a keyframe every 24 frames, it
+gives frame 0), and refuses some small frame sizes. On MP4 and MJPEG AVI the
+two backends give the same frames (tests/test_video_backends.py).
+
+Every file is probed once with PyAV: its packets are demuxed (not decoded) and
+counted, which always ends at the end of the file. A damaged packet means a
+truncated or corrupt file and raises `VideoReadError`; otherwise that count is
+the frame count used everywhere, and `read_frames` refuses any index past it
+(decord, given a header that over-reports, would otherwise spin forever in
+native code, dmlc/decord#373). The probe also notes where the keyframes are,
+so that a read seeks to the keyframe at or before its first frame and decodes
+forward from there.
 """
 
 from __future__ import annotations
@@ -26,19 +35,16 @@ from pathlib import Path
 from typing import Iterable
 
 import av
-import decord
 import numpy as np
 
 from survgen.io import atomic_path
 
 log = logging.getLogger("survgen.data")
 
-# decord's bundled FFmpeg prints decoder chatter ("overread 8") for files we
-# already reject with a clear error; keep stderr for our own messages.
-decord.logging.set_level(decord.logging.QUIET)
-
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 WRITABLE_SUFFIXES = (".avi", ".mp4", ".gif")
+VIDEO_BACKENDS = ("pyav", "decord")
+BACKEND_VARIABLE = "SURVGEN_VIDEO_BACKEND"
 
 
 class VideoReadError(Exception):
@@ -53,8 +59,25 @@ class VideoInfo:
     width: int
 
 
+def video_backend() -> str:
+    """The decoder `read_frames` uses: `$SURVGEN_VIDEO_BACKEND`, `pyav` when unset."""
+    name = os.environ.get(BACKEND_VARIABLE, "").strip().lower() or "pyav"
+    if name not in VIDEO_BACKENDS:
+        raise ValueError(f"{BACKEND_VARIABLE}={name!r} is not a video backend; use one of {', '.join(VIDEO_BACKENDS)}")
+    return name
+
+
 # ---------------------------------------------------------------- probing
-_PROBES: dict[tuple[str, int, int], VideoInfo] = {}
+@dataclass(frozen=True)
+class _Keyframes:
+    """Keyframes in presentation order: their frame numbers, and each one's pts (the seek target)."""
+
+    numbers: np.ndarray
+    pts: np.ndarray
+    number_of_pts: dict[int, int]
+
+
+_PROBES: dict[tuple[str, int, int], tuple[VideoInfo, _Keyframes | None]] = {}
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -64,7 +87,10 @@ def probe_video(path: str | Path) -> VideoInfo:
     truncated or damaged. Results are cached per process (keyed by path, size
     and modification time), so probing a file again is free.
     """
-    path = Path(path)
+    return _probe(Path(path))[0]
+
+
+def _probe(path: Path) -> tuple[VideoInfo, _Keyframes | None]:
     try:
         stat = path.stat()
     except OSError as e:
@@ -75,7 +101,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     return _PROBES[key]
 
 
-def _probe_uncached(path: Path) -> VideoInfo:
+def _probe_uncached(path: Path) -> tuple[VideoInfo, _Keyframes | None]:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -84,62 +110,248 @@ def _probe_uncached(path: Path) -> VideoInfo:
             declared = stream.frames
             height, width = stream.codec_context.height, stream.codec_context.width
             rate = stream.average_rate or stream.guessed_rate
-            packets = 0
+            pts, keyframe = [], []
             for packet in container.demux(stream):
                 if packet.size == 0:  # the demuxer's end-of-stream marker, not a frame
                     continue
                 if packet.is_corrupt:
                     raise VideoReadError(
-                        f"{path}: truncated or damaged (frame {packets} is incomplete; the container "
+                        f"{path}: truncated or damaged (frame {len(pts)} is incomplete; the container "
                         f"declares {declared or 'an unknown number of'} frames); re-encode or re-copy the file"
                     )
-                packets += 1
+                pts.append(packet.pts)
+                keyframe.append(packet.is_keyframe)
     except VideoReadError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise VideoReadError(f"{path}: not a readable video ({reason}); check the file or re-encode it") from None
-    if packets == 0 or not height or not width:
+    if not pts or not height or not width:
         raise VideoReadError(f"{path}: holds no decodable video frames")
-    reader = _reader(path)
-    num_frames = min(packets, len(reader))
-    fps = float(rate) if rate else float(reader.get_avg_fps())
-    return VideoInfo(num_frames=num_frames, fps=fps, height=height, width=width)
+    if not rate:
+        raise VideoReadError(f"{path}: declares no frame rate; re-encode it with one (e.g. ffmpeg -i IN -r 60 OUT)")
+    info = VideoInfo(num_frames=len(pts), fps=float(rate), height=height, width=width)
+    return info, _keyframes(pts, keyframe)
 
 
-# ---------------------------------------------------------------- decoding
-# Open decord readers, per process. A few suffice because a clip reads one
-# video at a time, and each open reader holds decoder buffers. A process forked
-# from one that holds readers (a DataLoader worker) must neither use nor free
-# them: decord's destructor joins decoder threads that exist only in the parent
-# and aborts the child. So after a fork the inherited readers are parked, never
-# freed, and the child opens its own.
-_MAX_OPEN_READERS = 4
-_READERS: OrderedDict[str, decord.VideoReader] = OrderedDict()
-_INHERITED_READERS: list[decord.VideoReader] = []
+def _keyframes(pts: list[int | None], keyframe: list[bool]) -> _Keyframes | None:
+    """A keyframe's frame number is the rank of its pts among all packets' pts: packets come in
+    decoding order, frames in presentation order. Without a pts on every packet, or with
+    repeated ones, there is no such table and reads decode from the start."""
+    if None in pts or len(set(pts)) != len(pts):
+        return None
+    order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+    rank = np.empty(len(pts), dtype=np.int64)
+    rank[order] = np.arange(len(pts))
+    at = sorted((int(rank[i]), pts[i]) for i, key in enumerate(keyframe) if key)
+    if not at:
+        return None
+    return _Keyframes(numbers=np.array([n for n, _ in at]), pts=np.array([p for _, p in at]),
+                      number_of_pts={p: n for n, p in at})
 
 
-def _park_inherited_readers() -> None:
-    _INHERITED_READERS.extend(_READERS.values())
-    _READERS.clear()
+# ---------------------------------------------------------------- reading
+def read_frames(path: str | Path, indices: Iterable[int], size: int | None = None) -> np.ndarray:
+    """Decode the frames at `indices` (any order, repeats allowed) as uint8 `(n, H, W, 3)` RGB.
+
+    With `size`, FFmpeg's scaler makes `(n, size, size, 3)` frames straight
+    from the decoded picture (bilinear; its filter widens with the shrink
+    factor, so shrinking does not alias); a non-square
+    frame is stretched to the square rather than cropped, so instruments at
+    the frame's edges stay in view. Raises `VideoReadError` for an unreadable
+    file or an index outside `0 .. num_frames-1` of the verified frame count.
+    """
+    path = Path(path)
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise ValueError(f"{path}: read_frames needs at least one frame index")
+    if size is not None and (int(size) != size or size < 1):
+        raise ValueError(f"{path}: size must be a positive whole number of pixels, got {size}")
+    info, keyframes = _probe(path)
+    bad = [i for i in indices if not 0 <= i < info.num_frames]
+    if bad:
+        raise VideoReadError(
+            f"{path}: frame {bad[0]} does not exist (the video has {info.num_frames} readable frames, 0..{info.num_frames - 1})"
+        )
+    unique = sorted(set(indices))
+    if video_backend() == "decord":
+        batch = _decode_decord(path, unique, info, size)
+    else:
+        batch = _decode_pyav(path, unique, keyframes, size)
+    height, width = (size, size) if size else (info.height, info.width)
+    if batch.shape != (len(unique), height, width, 3):
+        raise VideoReadError(f"{path}: got frames of shape {batch.shape[1:]} for a "
+                             f"{info.width}x{info.height} video; the file is damaged")
+    position = {frame: i for i, frame in enumerate(unique)}
+    return np.ascontiguousarray(batch[[position[i] for i in indices]])
 
 
-os.register_at_fork(after_in_child=_park_inherited_readers)
+# ---------------------------------------------------------------- PyAV
+# Open containers, per process, keyed like the probes (a file replaced since
+# is opened afresh). A few suffice because a clip reads one video at a time;
+# keeping them open saves re-reading the header and index per read.
+# A process forked from one that holds containers (a DataLoader worker) must
+# not use them (their file offsets are shared with the parent), so after a fork
+# the inherited ones are parked, never used or closed, and the child opens its own.
+_MAX_OPEN = 4
+_CONTAINERS: OrderedDict[tuple[str, int, int], av.container.InputContainer] = OrderedDict()
+_INHERITED: list = []
 
 
-def _reader(path: Path) -> decord.VideoReader:
-    key = str(path.resolve())
-    if key in _READERS:
-        _READERS.move_to_end(key)
-        return _READERS[key]
+def _park_inherited() -> None:
+    _INHERITED.extend(_CONTAINERS.values())
+    _CONTAINERS.clear()
+    _INHERITED.extend(_DECORD_READERS.values())
+    _DECORD_READERS.clear()
+
+
+os.register_at_fork(after_in_child=_park_inherited)
+
+
+def _container(path: Path) -> av.container.InputContainer:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _CONTAINERS:
+        _CONTAINERS.move_to_end(key)
+        return _CONTAINERS[key]
+    container = av.open(key[0])
+    # One decoding thread: DataLoader workers already decode in parallel.
+    container.streams.video[0].thread_count = 1
+    _CONTAINERS[key] = container
+    while len(_CONTAINERS) > _MAX_OPEN:
+        _CONTAINERS.popitem(last=False)[1].close()
+    return container
+
+
+def _decode_pyav(path: Path, unique: list[int], keyframes: _Keyframes | None, size: int | None) -> np.ndarray:
+    """Per run of wanted frames: seek to the keyframe at or before its first frame, decode forward, convert
+    only the wanted frames."""
     try:
-        # One decoding thread: DataLoader workers already run in parallel.
-        reader = decord.VideoReader(key, ctx=decord.cpu(0), num_threads=1)
+        frames = _decode_runs(_container(path), unique, keyframes, size) if keyframes else None
+        if frames is None:
+            _log_once(path, "frame numbers cannot be told from its timestamps; decoding from the start (slower)")
+            frames = _decode_from_start(path, unique, size)
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        _CONTAINERS.clear()  # the failing one among them is not reused
+        raise VideoReadError(f"{path}: decoding failed ({e}); check the file or re-encode it") from None
+    missing = [i for i in unique if i not in frames]
+    if missing:
+        raise VideoReadError(f"{path}: frame {missing[0]} could not be decoded; the file is damaged")
+    return np.stack([frames[i] for i in unique])
+
+
+def _decode_runs(container, unique: list[int], keyframes: _Keyframes, size: int | None) -> dict | None:
+    """The wanted frames by number (None where frame numbers cannot be trusted; see `_decode_from_keyframe`).
+
+    A new run starts where a keyframe lies between two wanted frames: seeking
+    to it skips decoding the frames in between. In an intra-only stream
+    (MJPEG) every frame is a keyframe, so a stride-6 clip decodes its 16
+    frames, not the 91 they span."""
+    runs = [[unique[0]]]
+    for previous, number in zip(unique, unique[1:]):
+        k = int(np.searchsorted(keyframes.numbers, number, side="right")) - 1
+        if k >= 0 and keyframes.numbers[k] > previous + 1:  # a seek that skips no frame only costs a flush
+            runs.append([number])
+        else:
+            runs[-1].append(number)
+    frames = {}
+    for run in runs:
+        decoded = _decode_from_keyframe(container, run, keyframes, size)
+        if decoded is None:
+            return None
+        frames.update(decoded)
+    return frames
+
+
+def _decode_from_keyframe(container, unique: list[int], keyframes: _Keyframes, size: int | None) -> dict | None:
+    """The wanted frames by number, or None when the first frame after the seek is not a known
+    keyframe at or before the first wanted one (then frame numbers cannot be trusted).
+
+    Frames after the keyframe are numbered by counting: a decoder gives every
+    frame, in presentation order, even where the container's pts are not
+    presentation times (H.264 with B-frames in AVI)."""
+    stream = container.streams.video[0]
+    k = int(np.searchsorted(keyframes.numbers, unique[0], side="right")) - 1
+    container.seek(int(keyframes.pts[max(k, 0)]), backward=True, any_frame=False, stream=stream)
+    wanted, frames, number = set(unique), {}, None
+    for frame in container.decode(stream):
+        if number is None:
+            number = keyframes.number_of_pts.get(frame.pts) if frame.key_frame else None
+            if number is None or number > unique[0]:
+                return None
+        else:
+            number += 1  # a decoder gives frames in presentation order
+        if number in wanted:
+            frames[number] = _rgb(frame, size)
+        if number >= unique[-1]:
+            break
+    return frames
+
+
+def _decode_from_start(path: Path, unique: list[int], size: int | None) -> dict:
+    wanted, frames = set(unique), {}
+    with av.open(str(path)) as container:
+        for number, frame in enumerate(container.decode(video=0)):
+            if number in wanted:
+                frames[number] = _rgb(frame, size)
+            if number >= unique[-1]:
+                break
+    return frames
+
+
+def _rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    # BILINEAR: 3x faster than AREA here at 1080p -> 256, and antialiased all the same.
+    return frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BILINEAR")
+
+
+_LOGGED: set[str] = set()
+
+
+def _log_once(path: Path, message: str) -> None:
+    if str(path) not in _LOGGED:
+        _LOGGED.add(str(path))
+        log.warning("%s: %s", path, message)
+
+
+# ---------------------------------------------------------------- decord
+# Readers per (file, size), parked after a fork like PyAV's containers (see
+# above): decord's destructor joins decoder threads that exist only in the
+# parent and would abort the child.
+_DECORD_READERS: OrderedDict[tuple[str, int | None], object] = OrderedDict()
+
+
+def _decode_decord(path: Path, unique: list[int], info: VideoInfo, size: int | None) -> np.ndarray:
+    import decord
+
+    reader = _decord_reader(path, size)
+    if unique[-1] >= len(reader):  # never ask decord for a frame it does not count (dmlc/decord#373)
+        raise VideoReadError(f"{path}: frame {unique[-1]} does not exist for decord (it counts {len(reader)} "
+                             f"of the {info.num_frames} frames); use the pyav video backend")
+    try:
+        return reader.get_batch(unique).asnumpy()
     except (decord.DECORDError, RuntimeError) as e:
-        raise VideoReadError(f"{path}: decord cannot open it ({_decord_reason(e)}); re-encode the file") from None
-    _READERS[key] = reader
-    while len(_READERS) > _MAX_OPEN_READERS:
-        _READERS.popitem(last=False)
+        raise VideoReadError(f"{path}: decord cannot decode it ({_decord_reason(e)}); use the pyav video backend") from None
+
+
+def _decord_reader(path: Path, size: int | None):
+    import decord
+
+    key = (str(path.resolve()), size)
+    if key in _DECORD_READERS:
+        _DECORD_READERS.move_to_end(key)
+        return _DECORD_READERS[key]
+    # decord's bundled FFmpeg prints decoder chatter ("overread 8") for files we reject with a clear error.
+    decord.logging.set_level(decord.logging.QUIET)
+    scale = {"width": size, "height": size} if size else {}
+    try:
+        reader = decord.VideoReader(key[0], ctx=decord.cpu(0), num_threads=1, **scale)
+    except (decord.DECORDError, RuntimeError) as e:
+        raise VideoReadError(f"{path}: decord cannot open it ({_decord_reason(e)}); use the pyav video backend") from None
+    _DECORD_READERS[key] = reader
+    while len(_DECORD_READERS) > _MAX_OPEN:
+        _DECORD_READERS.popitem(last=False)
     return reader
 
 
@@ -147,60 +359,6 @@ def _decord_reason(error: Exception) -> str:
     """decord's message without its '[time] source.cc:line:' prefix and stack trace."""
     lines = str(error).strip().splitlines()
     return re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", lines[0]) if lines else type(error).__name__
-
-
-def read_frames(path: str | Path, indices: Iterable[int]) -> np.ndarray:
-    """Decode the frames at `indices` (any order, repeats allowed) as uint8 `(n, H, W, 3)` RGB.
-
-    Raises `VideoReadError` for an unreadable file or an index outside
-    `0 .. num_frames-1` of the verified frame count.
-    """
-    path = Path(path)
-    indices = [int(i) for i in indices]
-    if not indices:
-        raise ValueError(f"{path}: read_frames needs at least one frame index")
-    info = probe_video(path)
-    bad = [i for i in indices if not 0 <= i < info.num_frames]
-    if bad:
-        raise VideoReadError(
-            f"{path}: frame {bad[0]} does not exist (the video has {info.num_frames} readable frames, 0..{info.num_frames - 1})"
-        )
-    # decord reads a sorted, duplicate-free batch by forward decoding; map back afterwards.
-    unique = sorted(set(indices))
-    try:
-        batch = _reader(path).get_batch(unique).asnumpy()
-    except (decord.DECORDError, RuntimeError) as e:
-        batch = _read_with_pyav(path, unique, info, reason=_decord_reason(e))
-    if batch.shape != (len(unique), info.height, info.width, 3):
-        raise VideoReadError(f"{path}: got frames of shape {batch.shape[1:]} for a "
-                             f"{info.width}x{info.height} video; the file is damaged")
-    position = {frame: i for i, frame in enumerate(unique)}
-    return np.ascontiguousarray(batch[[position[i] for i in indices]])
-
-
-_PYAV_FALLBACK_LOGGED: set[str] = set()
-
-
-def _read_with_pyav(path: Path, unique: list[int], info: VideoInfo, reason: str) -> np.ndarray:
-    """Decode from the start with PyAV: slower, but it works where decord refuses a file
-    (decord 0.6 fails on some frame sizes, e.g. 48x32, with 'The size must exactly match')."""
-    if str(path) not in _PYAV_FALLBACK_LOGGED:
-        _PYAV_FALLBACK_LOGGED.add(str(path))
-        log.warning("%s: decord cannot decode it (%s); decoding with PyAV instead (slower)", path, reason)
-    wanted, frames = set(unique), {}
-    try:
-        with av.open(str(path)) as container:
-            for number, frame in enumerate(container.decode(video=0)):
-                if number in wanted:
-                    frames[number] = frame.to_ndarray(format="rgb24")
-                if number >= unique[-1]:
-                    break
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise VideoReadError(f"{path}: decoding failed with decord ({reason}) and PyAV ({e})") from None
-    missing = [i for i in unique if i not in frames]
-    if missing:
-        raise VideoReadError(f"{path}: frame {missing[0]} could not be decoded (decord: {reason})")
-    return np.stack([frames[i] for i in unique])
 
 
 # ---------------------------------------------------------------- encoding

@@ -12,6 +12,29 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+
+def sample_latents(vae, batch: dict, generator: torch.Generator, scale: float) -> torch.Tensor:
+    """Scaled VAE latents of a batch's frames, one draw from each frame's posterior.
+
+    The batch holds either `pixels` (..., 3, H, W), encoded here, or a latent
+    cache's posterior `latent_mean` and `latent_std` (..., c, h, w). Both
+    draw ε as diffusers' `DiagonalGaussianDistribution.sample(generator)`
+    does (one `randn_tensor` over all frames, flattened to (n, c, h, w)), so a
+    step from the cache sees the latents that encoding on the fly would.
+    """
+    if "latent_mean" in batch:
+        mean, std = batch["latent_mean"], batch["latent_std"]
+        frames = (mean.shape[:-3].numel(), *mean.shape[-3:])
+        noise = randn_tensor(frames, generator=generator, device=mean.device, dtype=mean.dtype)
+        latents = mean + std * noise.view(mean.shape)
+    else:
+        pixels = batch["pixels"]
+        with torch.no_grad():
+            latents = vae.encode(pixels.flatten(0, -4)).latent_dist.sample(generator=generator)
+        latents = latents.unflatten(0, pixels.shape[:-3])
+    return latents * scale
 
 
 @dataclass
@@ -37,9 +60,13 @@ def noise_for_v_prediction(
     return NoisedLatents(noisy, timesteps, target)
 
 
-def drop_conditions(labels: torch.Tensor, null_value: int, probability: float, generator: torch.Generator):
-    """Replace each label by `null_value` with `probability`: trains the unconditional branch for guidance."""
+def dropped_conditions(labels: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Which samples lose their conditions (each with `probability`): trains the unconditional branch for guidance."""
     if probability <= 0:
-        return labels
-    drop = torch.rand(labels.shape, generator=generator) < probability
-    return torch.where(drop.to(labels.device), torch.full_like(labels, null_value), labels)
+        return torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    return (torch.rand(labels.shape, generator=generator) < probability).to(labels.device)
+
+
+def drop_conditions(labels: torch.Tensor, null_value: int, probability: float, generator: torch.Generator):
+    """Replace each label by `null_value` with `probability`."""
+    return torch.where(dropped_conditions(labels, probability, generator), null_value, labels)

@@ -118,7 +118,7 @@ def _slug(text: str) -> str:
 def _synthetic_index(folder: Path, rows: list[tuple[str, int]], vocabulary: ClassVocabulary, cfg,
                      labels_csv: Path | None = None) -> VideoIndex:
     """The clips of generated videos `(file, class_id)`: each video is one labelled segment."""
-    index = build_index(folder, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride, layout="csv",
+    index = build_index(folder, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps, layout="csv",
                         labels_csv=labels_csv, vocabulary=vocabulary)
     wanted = {f for f, _ in rows}
     # video ids are made unique to the folder, so synthetic videos never share a "recording" with real ones
@@ -197,10 +197,11 @@ class TimePoint:
 
 def time_points(index: VideoIndex, step: int, warnings: list[str]) -> list[TimePoint]:
     """Every `step`-th frame (0, step, 2·step, …) that carries a label, with the clip centred on it."""
-    span = (index.clip_length - 1) * index.frame_stride + 1
-    before = (index.clip_length // 2) * index.frame_stride
     points = []
     for segment in sorted(index.segments, key=lambda s: (str(s.video), s.start)):
+        stride = index.stride_of(segment.video)
+        span = (index.clip_length - 1) * stride + 1
+        before = (index.clip_length // 2) * stride
         n = index.videos[segment.video].num_frames
         if n < span:
             warnings.append(f"{segment.video}: {n} frames, shorter than one {span}-frame clip; not scored")
@@ -208,7 +209,7 @@ def time_points(index: VideoIndex, step: int, warnings: list[str]) -> list[TimeP
         for t in range(-(-segment.start // step) * step, min(segment.end, n), step):
             start = min(max(t - before, 0), n - span)  # shifted inside the video near its ends
             points.append(TimePoint(segment.video, segment.video_id, t,
-                                    range(start, start + span, index.frame_stride), segment.class_id))
+                                    range(start, start + span, stride), segment.class_id))
     return points
 
 
@@ -225,7 +226,7 @@ def predict(model, points: list[TimePoint], batch_size: int = 32) -> list[int]:
         for video in dict.fromkeys(p.video for p in batch):
             mine = [p for p in batch if p.video == video]
             needed = sorted({f for p in mine for f in p.frames})
-            pixels = to_pixels(read_frames(video, needed), size)
+            pixels = to_pixels(read_frames(video, needed, size))
             row = {f: i for i, f in enumerate(needed)}
             clips += [pixels[[row[f] for f in p.frames]] for p in mine]
         logits = model(torch.stack(clips).to(device)).float()
@@ -359,7 +360,7 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
     _open(out, request)
     console = Console(stderr=True)
     clf = cfg.classifier
-    real_index = build_index(real, clip_length=clf.clip_length, frame_stride=clf.frame_stride)
+    real_index = build_index(real, clip_length=clf.clip_length, clip_fps=clf.clip_fps)
     vocabulary = real_index.vocabulary
     if test is None:
         train_index, test_index = real_index.split_by_video(cfg.test_fraction, seed=cfg.split_seed)
@@ -368,7 +369,7 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
                                   "set; give a separate one with --test DIR")
     else:
         train_index = real_index
-        test_index = build_index(test, clip_length=clf.clip_length, frame_stride=clf.frame_stride,
+        test_index = build_index(test, clip_length=clf.clip_length, clip_fps=clf.clip_fps,
                                  vocabulary=vocabulary)
         shared = set(train_index.videos) & set(test_index.videos)
         if shared:

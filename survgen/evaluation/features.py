@@ -138,8 +138,9 @@ def _pixels(x: torch.Tensor, what: str, layout: str) -> torch.Tensor:
 class ClassifierFeatures(FeatureExtractor):
     """The pooled embedding of survgen's video classifier (`VideoClassifier.features`), for frames and clips.
 
-    Clips are cut and resized as the classifier reads them (`clip_length`
-    frames, `frame_stride` apart, frames resized to `image_size`). A frame is
+    Clips come at the clip rate already (real clips from the index, generated
+    videos as sampled) and are cut and resized as the classifier reads them
+    (`clip_length` frames, resized to `image_size`). A frame is
     embedded as a still clip: the frame repeated `clip_length` times. The network
     only takes clips, and this way a frame's embedding depends on that frame
     alone (not on its neighbours in the video, nor on its batch-mates: the
@@ -170,13 +171,13 @@ class ClassifierFeatures(FeatureExtractor):
     def _frames(self, frames: torch.Tensor) -> torch.Tensor:
         # The classifier's own resize, by giving the batch of frames to `_as_clip` as one video of that length.
         config = self.module.config
-        resized = _as_clip(frames, replace(config, clip_length=len(frames), frame_stride=1), "frames")
+        resized = _as_clip(frames, replace(config, clip_length=len(frames)), "frames", fps=None)
         stills = resized[:, None].expand(-1, config.clip_length, -1, -1, -1)
         return self.module.features(stills)
 
     def _clips(self, clips: torch.Tensor) -> torch.Tensor:
         config = self.module.config
-        return self.module.features(torch.stack([_as_clip(clip, config, "clips") for clip in clips]))
+        return self.module.features(torch.stack([_as_clip(clip, config, "clips", fps=None) for clip in clips]))
 
 
 # ---------------------------------------------------------------- TorchScript networks (Inception-v3, I3D)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from survgen.data.datasets import to_pixels
-from survgen.data.index import VideoIndex, build_index
+from survgen.data.index import CLIP_FPS, VideoIndex, build_index
 from survgen.data.video import probe_video, read_frames
 from survgen.evaluation import metrics
 from survgen.evaluation.features import FeatureExtractor
@@ -40,6 +40,7 @@ class QualityConfig:
     kid_subsets: int = 100
     nearest_k: int = 5  # density and coverage
     seed: int = 0  # which real frames and clips are drawn
+    clip_fps: float | None = CLIP_FPS  # real clips at this rate, as the generated ones were trained on
 
     def check(self) -> None:
         for name in ("max_frames", "max_clips", "kid_subsets", "nearest_k"):
@@ -89,12 +90,12 @@ def class_features(index: VideoIndex, class_id: int, size: int, extractors: Extr
         by_video: dict = {}
         for video, f in chunk:  # one read per video and chunk, not one per frame
             by_video.setdefault(video, []).append(f)
-        pixels = torch.cat([to_pixels(read_frames(video, fs), size) for video, fs in by_video.items()])
+        pixels = torch.cat([to_pixels(read_frames(video, fs, size)) for video, fs in by_video.items()])
         frame_features.append(extractors.frames.frame_features(pixels))
         if extractors.cmmd is not extractors.frames:
             cmmd_features.append(extractors.cmmd.frame_features(pixels))
     for start in range(0, len(clips), CHUNK):
-        pixels = torch.stack([to_pixels(read_frames(c.video, index.frames(c)), size) for c in clips[start:start + CHUNK]])
+        pixels = torch.stack([to_pixels(read_frames(c.video, index.frames(c), size)) for c in clips[start:start + CHUNK]])
         clip_features.append(extractors.clips.clip_features(pixels))
     frame_features = torch.cat(frame_features)
     return Features(frame_features, torch.cat(cmmd_features) if cmmd_features else frame_features,
@@ -145,8 +146,8 @@ def evaluate_quality(real: str | Path, fake: str | Path, extractors: Extractors,
     cfg = cfg or QualityConfig()
     cfg.check()
     real, fake = Path(real), Path(fake)
-    fake_index = build_index(fake)
-    real_index = build_index(real, vocabulary=fake_index.vocabulary)
+    fake_index = build_index(fake, clip_fps=cfg.clip_fps)
+    real_index = build_index(real, clip_fps=cfg.clip_fps, vocabulary=fake_index.vocabulary)
     vocabulary = fake_index.vocabulary
     size = probe_video(fake_index.clips[0].video).height
     rng = random.Random(cfg.seed)

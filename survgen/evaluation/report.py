@@ -136,7 +136,7 @@ def _middle_frames(index, clips, size: int) -> np.ndarray:
     frames = []
     for clip in clips:
         frames_of_clip = index.frames(clip)
-        frames.append(to_pixels(read_frames(clip.video, [frames_of_clip[len(frames_of_clip) // 2]]), size)[0])
+        frames.append(to_pixels(read_frames(clip.video, [frames_of_clip[len(frames_of_clip) // 2]], size))[0])
     return to_uint8(torch.stack(frames))
 
 

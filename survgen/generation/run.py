@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from survgen.classes import ClassVocabulary
+from survgen.data.index import CLIP_FPS
 from survgen.generation.sampler import VideoSampler, check_sampling_options
 from survgen.io import write_json_atomic, write_text_atomic
 from survgen.visualize import grid, save_png, to_uint8
@@ -58,7 +59,7 @@ class GenerationConfig:
     steps: int = 25
     guidance: float = 3.0
     num_frames: int = 16
-    fps: float = 8.0
+    fps: float | None = None  # None: the clip rate the model was trained at
     seed: int = 0
     gif: bool = False
     keep_rejected: bool = False
@@ -75,7 +76,7 @@ class GenerationConfig:
             problems.append(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.num_frames < 1:
             problems.append(f"--frames must be at least 1, got {self.num_frames}")
-        if not self.fps > 0:
+        if self.fps is not None and not self.fps > 0:
             problems.append(f"--fps must be positive, got {self.fps}")
         if not self.classes:
             problems.append("give at least one --class")
@@ -115,7 +116,8 @@ def file_sha256(path: Path) -> str:
 class Judge:
     """The video classifier as the rejection model: class probabilities for generated videos."""
 
-    def __init__(self, classifier, vocabulary: ClassVocabulary, generator_vocabulary: ClassVocabulary, where: str):
+    def __init__(self, classifier, vocabulary: ClassVocabulary, generator_vocabulary: ClassVocabulary, where: str,
+                 fps: float):
         if tuple(vocabulary.names) != tuple(generator_vocabulary.names):
             raise GenerationError(
                 f"{where}: the classifier was trained on classes {list(vocabulary.names)}, but the generator "
@@ -124,7 +126,7 @@ class Judge:
         self.classifier = classifier.eval()
         self.size = classifier.config.image_size
         self.clip_length = classifier.config.clip_length
-        self.stride = classifier.config.frame_stride
+        self.stride = classifier.config.stride_for(fps)  # generated frames come at `fps`
         self.span = (self.clip_length - 1) * self.stride + 1  # frames one clip covers
 
     @torch.no_grad()
@@ -215,6 +217,8 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
         spatial.text_encoder.to("cuda")
     vocabulary = run.vocabulary
     class_ids = [vocabulary.resolve(c) for c in cfg.classes]
+    if cfg.fps is None:
+        cfg = dataclasses.replace(cfg, fps=run.options.get("clip_fps") or CLIP_FPS)
     judge = None
     if classifier is not None:
         if loaded and loaded[1] is not None:
@@ -224,7 +228,7 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
 
             classifier_model, classifier_vocab, _ = load_classifier(classifier)
             classifier_model.to(next(video_model.parameters()).device)
-        judge = Judge(classifier_model, classifier_vocab, vocabulary, str(classifier))
+        judge = Judge(classifier_model, classifier_vocab, vocabulary, str(classifier), cfg.fps)
         if cfg.num_frames < judge.span:
             raise GenerationError(f"{classifier}: the classifier reads {judge.span}-frame clips; "
                                   f"generate at least that many (--frames {judge.span})")

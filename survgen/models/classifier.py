@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from survgen.data.index import clip_stride
+
 CLASSIFIER_PRESETS = {
     # CPU-sized: trains on the bundled procedural dataset in minutes
     "tiny": dict(widths=(16, 32, 64, 128), image_size=64),
@@ -42,7 +44,7 @@ class ClassifierConfig:
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     image_size: int = 64  # frames are resized to image_size × image_size
     clip_length: int = 16  # frames per clip ...
-    frame_stride: int = 1  # ... taken this many frames apart
+    clip_fps: float | None = None  # ... at this rate (a video's stride: round(its fps / clip_fps)); None: every frame
     dropout: float = 0.3
 
     def __post_init__(self):
@@ -50,13 +52,19 @@ class ClassifierConfig:
         problems = []
         if len(self.widths) != 4 or min(self.widths) < 1:
             problems.append(f"widths must be four positive channel counts (got {self.widths})")
-        for name in ("num_classes", "image_size", "clip_length", "frame_stride"):
+        if self.clip_fps is not None and not self.clip_fps > 0:
+            problems.append(f"clip_fps must be a positive frame rate (got {self.clip_fps})")
+        for name in ("num_classes", "image_size", "clip_length"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
         if problems:
             raise ValueError("invalid classifier config: " + "; ".join(problems))
+
+    def stride_for(self, fps: float | None) -> int:
+        """The stride that brings frames at `fps` to the clip rate (1 when either is unknown)."""
+        return clip_stride(fps, self.clip_fps) if fps and self.clip_fps else 1
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ClassifierConfig":

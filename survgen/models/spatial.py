@@ -254,6 +254,22 @@ def load_spatial(path: str | Path, tokenizer_path: str | Path | None = None) -> 
     return SpatialModel(vae, text_encoder, tokenizer, unet, scheduler)
 
 
+def check_v_prediction(folder: str | Path) -> None:
+    """Refuse a diffusers folder whose U-Net was not trained for v-prediction (SD 1.5 predicts epsilon).
+
+    Stage 1 fine-tunes such a U-Net to v-prediction; stage 2 and sampling assume
+    it, so a raw SD 1.5 folder used directly would be sampled with the wrong target.
+    """
+    config = Path(folder) / "scheduler" / "scheduler_config.json"
+    declared = json.loads(config.read_text()).get("prediction_type", "epsilon") if config.exists() else "epsilon"
+    if declared != "v_prediction":
+        raise ModelLoadError(
+            f"{folder}: its U-Net predicts {declared} ({config.name if config.exists() else 'no scheduler config'}), "
+            "and stage 2 needs a v-prediction model; fine-tune it first with `survgen train-spatial --preset sd15 "
+            f"--pretrained {folder} --data DIR --out RUN1` and pass --spatial RUN1"
+        )
+
+
 def _load_single_file(path: Path, tokenizer_path: str | Path | None) -> SpatialModel:
     """An original-format SD 1.5 checkpoint, converted with diffusers' single-file loaders.
 

@@ -34,7 +34,7 @@ PUBLISHED_SAMPLING = {
 # survgen with its fast sampler: the shipped model's classifier acceptance is unchanged from DDIM 25
 # (benchmarks/results/acceptance_default-dpmpp-10.json) at 2.5× fewer model evaluations.
 FAST_SAMPLING = dict(sampler="dpm++", steps=10)
-NATIVE_IMAGE_SIZE = {"tiny": 64, "sd15": 256}
+NATIVE_IMAGE_SIZE = {"tiny": 64, "sd15": 256}  # the frame size each preset trains and samples at (sd15: the paper's)
 
 
 def published_sampling(arch: str, preset: str) -> dict:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from survgen.data.datasets import FrameDataset
-from survgen.data.index import build_index
+from survgen.data.index import CLIP_FPS, build_index
 from survgen.io import atomic_folder
 from survgen.models.spatial import build_tiny
 from survgen.config import config_to_dict
@@ -30,7 +30,7 @@ class AutoencoderStageConfig:
     image_size: int = 64
     kl_weight: float = 1e-6
     clip_length: int = 16
-    frame_stride: int = 1
+    clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, ema_decay=0.0))
 
 
@@ -44,7 +44,7 @@ def train_autoencoder(data: str | Path, out: str | Path, cfg: AutoencoderStageCo
                       resume: bool = False, progress: bool = True):
     out = Path(out)
     begin_run(out, "vae", resume)
-    index = build_index(data, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride)
+    index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps)
     dataset = FrameDataset(index, size=cfg.image_size)
     vae = build_tiny(index.vocabulary, seed=cfg.train.seed).vae
     preview = torch.stack([dataset[i]["pixels"] for i in torch.linspace(0, len(dataset) - 1, 8).long().tolist()])

@@ -35,13 +35,13 @@ from torch.utils.data import DataLoader, Subset
 from survgen.classes import ClassVocabulary
 from survgen.config import config_to_dict
 from survgen.data.datasets import ClipDataset, to_pixels
-from survgen.data.index import VideoIndex, build_index
+from survgen.data.index import CLIP_FPS, VideoIndex, build_index
 from survgen.data.video import probe_video, read_frames
 from survgen.io import atomic_folder, atomic_path
 from survgen.models.classifier import CLASSIFIER_PRESETS, ClassifierConfig, VideoClassifier
 from survgen.runs import RunFolderError, RunInfo, begin_run, read_run
 from survgen.training.checkpoint import save_safetensors_atomic
-from survgen.training.loop import TrainConfig, TrainResult, train
+from survgen.training.loop import TrainConfig, TrainResult, loader_workers, train
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_CONFIG = "classifier_config.json"
@@ -58,7 +58,7 @@ class ClassifierStageConfig:
     preset: str = "tiny"  # tiny | r3d18 (see CLASSIFIER_PRESETS)
     image_size: int | None = None  # None: the preset's size
     clip_length: int = 16
-    frame_stride: int = 1
+    clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame
     dropout: float = 0.3
     val_fraction: float = 0.2  # share of recordings held out for validation
     split_seed: int = 0  # fixed apart from train.seed, so runs with other seeds validate on the same videos
@@ -77,7 +77,7 @@ class ClassifierStageConfig:
     def model_config(self, num_classes: int) -> ClassifierConfig:
         size = {"image_size": self.image_size} if self.image_size else {}
         return ClassifierConfig.preset(self.preset, num_classes=num_classes, clip_length=self.clip_length,
-                                       frame_stride=self.frame_stride, dropout=self.dropout, **size)
+                                       clip_fps=self.clip_fps, dropout=self.dropout, **size)
 
 
 # ---------------------------------------------------------------- augmentation
@@ -202,7 +202,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
     out = Path(out)
     begin_run(out, "classifier", resume)
     if index is None:
-        index = build_index(data, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride)
+        index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps)
     vocabulary = index.vocabulary
     train_index, val_index = index.split_by_video(cfg.val_fraction, seed=cfg.split_seed)
     model_config = cfg.model_config(len(vocabulary))
@@ -232,7 +232,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
 
     def on_sample(step: int, model: VideoClassifier):
         record = {"step": step, **validate(model, val_set, vocabulary, batch_size=2 * cfg.train.batch_size,
-                                           num_workers=cfg.train.num_workers)}
+                                           num_workers=loader_workers(cfg.train.num_workers))}
         _append_validation(out, record)
         if progress:
             console.print(_summary(record), highlight=False, soft_wrap=True)
@@ -288,27 +288,30 @@ def load_classifier(run_folder: str | Path, device: str | torch.device = "cpu"
 # ---------------------------------------------------------------- classifying
 def read_clip(path: str | Path, config: ClassifierConfig) -> torch.Tensor:
     """The first clip of a video file as the classifier sees it: `(clip_length, 3, size, size)` in [-1, 1]."""
-    span = (config.clip_length - 1) * config.frame_stride + 1
     info = probe_video(path)
+    stride = config.stride_for(info.fps)
+    span = (config.clip_length - 1) * stride + 1
     if info.num_frames < span:
-        raise ClipTooShortError(_too_short(str(path), info.num_frames, config, span))
-    return to_pixels(read_frames(path, range(0, span, config.frame_stride)), config.image_size)
+        raise ClipTooShortError(_too_short(str(path), info.num_frames, config, stride))
+    return to_pixels(read_frames(path, range(0, span, stride), config.image_size))
 
 
-def _too_short(what: str, frames: int, config: ClassifierConfig, span: int) -> str:
-    needs = (f"{config.clip_length} frames, {config.frame_stride} apart ({span} frames)" if config.frame_stride > 1
+def _too_short(what: str, frames: int, config: ClassifierConfig, stride: int) -> str:
+    span = (config.clip_length - 1) * stride + 1
+    needs = (f"{config.clip_length} frames, {stride} apart ({span} frames)" if stride > 1
              else f"{config.clip_length} frames")
     return f"{what}: has {frames} frame(s), but the classifier reads {needs}; give a video at least that long"
 
 
-def _as_clip(video: torch.Tensor, config: ClassifierConfig, what: str) -> torch.Tensor:
-    """A `(f, 3, H, W)` tensor in [-1, 1] cut and resized to the classifier's clip."""
+def _as_clip(video: torch.Tensor, config: ClassifierConfig, what: str, fps: float | None) -> torch.Tensor:
+    """A `(f, 3, H, W)` tensor in [-1, 1] at `fps`, cut and resized to the classifier's clip."""
     if video.dim() != 4 or video.shape[1] != 3:
         raise ValueError(f"{what}: expected a video tensor of shape (frames, 3, H, W), got {tuple(video.shape)}")
-    span = (config.clip_length - 1) * config.frame_stride + 1
+    stride = config.stride_for(fps)
+    span = (config.clip_length - 1) * stride + 1
     if video.shape[0] < span:
-        raise ClipTooShortError(_too_short(what, video.shape[0], config, span))
-    clip = video[:span:config.frame_stride].float()
+        raise ClipTooShortError(_too_short(what, video.shape[0], config, stride))
+    clip = video[:span:stride].float()
     if clip.shape[-2:] != (config.image_size, config.image_size):
         clip = F.interpolate(clip, size=(config.image_size, config.image_size), mode="bilinear", antialias=True,
                              align_corners=False)
@@ -317,8 +320,9 @@ def _as_clip(video: torch.Tensor, config: ClassifierConfig, what: str) -> torch.
 
 @torch.no_grad()
 def classify_videos(model: VideoClassifier, videos: Sequence[str | Path | torch.Tensor], topk: int = 3, *,
-                    vocabulary: ClassVocabulary | None = None, batch_size: int = 8) -> list[dict]:
-    """Top-k classes of each video (a file, or a `(f, 3, H, W)` tensor in [-1, 1]) from its first clip.
+                    vocabulary: ClassVocabulary | None = None, batch_size: int = 8,
+                    tensor_fps: float | None = None) -> list[dict]:
+    """Top-k classes of each video (a file, or a `(f, 3, H, W)` tensor in [-1, 1] at `tensor_fps`) from its first clip.
 
     Returns, per video in order: `{"video": path or "tensor i", "topk": [{"class_id", "probability"
     (, "code", "name" given a vocabulary)}, ...]}`, most probable first. Every video is read (and
@@ -331,7 +335,7 @@ def classify_videos(model: VideoClassifier, videos: Sequence[str | Path | torch.
     for i, video in enumerate(videos):
         if isinstance(video, torch.Tensor):
             names.append(f"tensor {i}")
-            clips.append(_as_clip(video, config, names[-1]))
+            clips.append(_as_clip(video, config, names[-1], tensor_fps))
         else:
             names.append(str(video))
             clips.append(read_clip(video, config))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ class TrainConfig:
     log_every: int = 10
     keep_checkpoints: int = 2
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader processes; None: min(8, CPU cores - 1)
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # JSON gives a list back
@@ -67,6 +68,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "sample_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.num_workers is not None and self.num_workers < 0:
+            problems.append(f"num_workers must be 0 (load in the training process) or more (got {self.num_workers})")
         if not self.lr > 0:
             problems.append(f"lr must be positive (got {self.lr})")
         if not 0 <= self.ema_decay < 1:
@@ -117,6 +120,14 @@ class PlannedBatches(Sampler):
 
     def __len__(self):
         return self.count
+
+
+def loader_workers(requested: int | None) -> int:
+    """DataLoader processes: as asked, or by default one per core but one (for the training loop), at most 8."""
+    if requested is not None:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1))
 
 
 def micro_step_generator(seed: int, rank: int, micro_step: int) -> torch.Generator:
@@ -317,8 +328,10 @@ def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Para
         accelerator.wait_for_everyone()
 
     accum = config.grad_accum
+    workers = loader_workers(config.num_workers)
     batches = iter(DataLoader(
-        dataset, num_workers=config.num_workers, pin_memory=accelerator.device.type == "cuda",
+        dataset, num_workers=workers, pin_memory=accelerator.device.type == "cuda",
+        prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
         batch_sampler=PlannedBatches(len(dataset), config.batch_size, config.seed, accelerator.process_index,
                                      accelerator.num_processes, start=step * accum,
                                      count=max(0, config.steps - step) * accum),

@@ -10,6 +10,7 @@ by default there).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,11 @@ import torch
 from torch import nn
 
 from survgen.data.datasets import FrameDataset
-from survgen.data.index import build_index
-from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction
+from survgen.data.index import CLIP_FPS, build_index
+from survgen.data.latent_cache import CachedFrameDataset, open_latent_cache
+from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction, sample_latents
 from survgen.models.spatial import SpatialModel, build_spatial, load_spatial, save_spatial
+from survgen.models.video_models import NATIVE_IMAGE_SIZE
 from survgen.config import config_to_dict
 from survgen.runs import RunInfo, begin_run, read_run
 from survgen.training.loop import TrainConfig, train
@@ -32,11 +35,12 @@ class SpatialStageConfig:
     pretrained: str | None = None  # sd15: a local SD 1.5 folder/.safetensors; tiny: optional start point
     tokenizer: str | None = None  # for single-file checkpoints
     vae: str | None = None  # tiny: a `survgen train-vae` run folder
-    image_size: int = 64
+    image_size: int | None = None  # None: the preset's (NATIVE_IMAGE_SIZE: sd15 256 as in the paper, tiny 64)
     train_text_encoder: bool | None = None  # None: on for tiny (random encoder), off for sd15
     prompt_dropout: float = 0.1
     clip_length: int = 16
-    frame_stride: int = 1
+    clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame
+    cache: str | None = None  # a `survgen data cache` folder: the frames' VAE posteriors, read instead of decoding
     sample_steps: int = 25
     sample_guidance: float = 3.0
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -77,9 +81,12 @@ def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *,
     """Run stage 1 into the run folder `out`; returns the training result."""
     out = Path(out)
     begin_run(out, "spatial", resume)
-    index = build_index(data, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride)
+    cfg = dataclasses.replace(cfg, image_size=cfg.image_size or NATIVE_IMAGE_SIZE.get(cfg.preset))  # stored resolved
+    index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps)
     vocabulary = index.vocabulary
     spatial = starting_model(cfg, vocabulary)
+    frames = (CachedFrameDataset(index, open_latent_cache(cfg.cache, spatial.vae, cfg.image_size)) if cfg.cache
+              else FrameDataset(index, size=cfg.image_size))
     train_text = cfg.train_text_encoder if cfg.train_text_encoder is not None else cfg.preset == "tiny"
 
     model = SpatialTrainee(spatial)
@@ -94,13 +101,11 @@ def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *,
                                truncation=True, return_tensors="pt").input_ids
 
     def loss_fn(model: SpatialTrainee, batch, generator):
-        pixels = batch["pixels"]
-        with torch.no_grad():
-            latents = model.vae.encode(pixels).latent_dist.sample(generator=generator) * spatial.latent_scale
+        latents = sample_latents(model.vae, batch, generator, spatial.latent_scale)
         noised = noise_for_v_prediction(spatial.noise_scheduler, latents, generator)
         prompt_ids = drop_conditions(batch["class_id"], null_prompt, cfg.prompt_dropout, generator)
         with torch.set_grad_enabled(train_text and torch.is_grad_enabled()):
-            text = model.text_encoder(tokens.to(pixels.device)[prompt_ids])[0]
+            text = model.text_encoder(tokens.to(latents.device)[prompt_ids])[0]
         pred = model.unet(noised.noisy, noised.timesteps, text).sample
         return nn.functional.mse_loss(pred.float(), noised.target.float())
 
@@ -113,12 +118,33 @@ def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *,
     out.mkdir(parents=True, exist_ok=True)
     run.save()
     result = train(run_dir=out, model=model, trainable=trainable,
-                   dataset=FrameDataset(index, size=cfg.image_size), loss_fn=loss_fn, config=cfg.train,
+                   dataset=frames, loss_fn=loss_fn, config=cfg.train,
                    on_sample=on_sample, resume=resume, progress=progress,
                    export=lambda model: save_spatial(spatial, out / "model"))
     run.extra["status"] = "done"
     run.save()
     return result
+
+
+def load_cache_vae(*, spatial: str | Path | None = None, vae: str | Path | None = None):
+    """The frozen VAE both stages will encode with, and the image size its run trained at (None if unknown).
+
+    `spatial`: a stage-1 run folder or a diffusers SD folder (its `vae/`);
+    `vae`: a `survgen train-vae` run (the tiny preset's), which stage 1 then
+    uses unchanged, so its cache serves stage 1 before any stage-1 run exists.
+    """
+    if (spatial is None) == (vae is None):
+        raise ValueError("give exactly one of --spatial RUN1 (a stage-1 run or diffusers SD folder) and "
+                         "--vae RUN_VAE (a `survgen train-vae` run)")
+    if vae is not None:
+        run = read_run(vae, stage="vae")
+        return load_spatial_vae(run.model_dir), run.options.get("image_size")
+    folder = spatial_model_dir(spatial)
+    if not (folder / "vae").is_dir():
+        raise ValueError(f"{spatial}: holds no vae/ folder; --spatial takes a stage-1 run folder or a diffusers "
+                         "Stable Diffusion folder")
+    run = read_run(spatial, stage="spatial") if (Path(spatial) / "run.json").exists() else None
+    return load_spatial_vae(folder / "vae"), run.options.get("image_size") if run else None
 
 
 def spatial_model_dir(path: str | Path) -> Path:

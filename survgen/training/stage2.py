@@ -6,9 +6,9 @@ embedding are the only trained parameters, on 16-frame clips of the chosen
 class(es). `--arch lvdm | endora` (the paper's baselines): the whole video
 model is trained from its config on the same clips, in the same latent space
 (the stage-1 VAE and text encoder stay frozen); Endora's DINO prior loss is
-added when a local DINO folder is given. Prompts and class labels are dropped
-independently with a small probability so that guidance has an unconditional
-branch.
+added when a local DINO folder is given. Prompt and class label are dropped
+together with a small probability, so that guidance's unconditional branch
+(which drops both) is trained as often as that probability says.
 
 Output: `RUN/model/temporal.safetensors` (what stage 2 trained: the temporal
 blocks and class embedding, or a baseline's whole model; EMA weights) and
@@ -29,17 +29,18 @@ from torch import nn
 
 from survgen.config import config_to_dict
 from survgen.data.datasets import ClipDataset
-from survgen.data.index import build_index
-from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction
+from survgen.data.index import CLIP_FPS, build_index
+from survgen.data.latent_cache import CachedClipDataset, open_latent_cache
+from survgen.diffusion.objective import dropped_conditions, noise_for_v_prediction, sample_latents
 from survgen.io import atomic_folder
 from survgen.models.dino_prior import PRIOR_WEIGHT, DinoPrior
-from survgen.models.spatial import SpatialModel
+from survgen.models.spatial import SpatialModel, check_v_prediction
 from survgen.models.video_models import (VideoModel, arch_of, build_video_model, check_arch, video_model_config,
                                          video_model_from_config)
 from survgen.models.video_unet import TEMPORAL_PRESETS, VideoUNet
 from survgen.runs import RunInfo, begin_run, read_run
 from survgen.training.checkpoint import save_safetensors_atomic
-from survgen.training.loop import TrainConfig, train
+from survgen.training.loop import TrainConfig, resolve_mixed_precision, train
 from survgen.training.previews import write_video_samples
 from survgen.training.stage1 import load_spatial_run
 
@@ -56,10 +57,10 @@ class TemporalStageConfig:
     arch: str = "survgen"  # survgen | lvdm | endora
     classes: list[str] = field(default_factory=lambda: ["G7"])
     clip_length: int = 16
-    frame_stride: int = 1
+    clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame
+    cache: str | None = None  # a `survgen data cache` folder: the frames' VAE posteriors, read instead of decoding
     image_size: int | None = None  # None: the size stage 1 trained at
-    prompt_dropout: float = 0.1
-    class_dropout: float = 0.1
+    condition_dropout: float = 0.1  # prompt and class dropped together: sampling's unconditional branch drops both
     gradient_checkpointing: bool = False
     sample_steps: int = 25
     sample_guidance: float = 3.0
@@ -76,6 +77,9 @@ class TemporalStageConfig:
                              "takes its size from the spatial preset")
         if self.prior_dino is not None and self.arch != "endora":
             raise ValueError("--prior-dino is Endora's prior loss; use it with --arch endora")
+        if self.prior_dino is not None and self.cache is not None:
+            raise ValueError("--prior-dino compares the clips' pixels, which a latent cache does not hold; "
+                             "train without --cache")
         if self.prior_weight < 0:
             raise ValueError(f"--prior-weight must be 0 or more, got {self.prior_weight}")
 
@@ -94,11 +98,23 @@ class TemporalTrainee(nn.Module):
         spatial_unet = [self.video_model.unet] if isinstance(self.video_model, VideoUNet) else []
         return spatial_unet + [self.vae, self.text_encoder] + ([self.prior.dino] if self.prior else [])
 
+    def store_frozen_in(self, dtype: torch.dtype) -> None:
+        """Store the frozen U-Net and VAE in `dtype` (the text encoder runs once, before training, in full precision)."""
+        spatial_unet = [self.video_model.unet] if isinstance(self.video_model, VideoUNet) else []
+        for module in spatial_unet + [self.vae]:
+            module.to(dtype)
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         params = {f"video_model.{n}": p for n, p in self.video_model.trainable_parameters().items()}
         if self.prior is not None:
             params.update({f"prior.{n}": p for n, p in self.prior.trainable_parameters().items()})
         return params
+
+
+def frozen_weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype of the frozen U-Net and VAE: under mixed precision they only run inside autocast, whose
+    matmuls read them in the compute dtype anyway, so fp32 copies would only take memory (3.2 GiB at sd15)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_mixed_precision(mixed_precision), torch.float32)
 
 
 def frozen_fingerprint(trainee: TemporalTrainee) -> torch.Tensor:
@@ -113,8 +129,10 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     cfg.check()
     out = Path(out)
     begin_run(out, "temporal", resume)
+    if not (Path(spatial_path) / "run.json").exists():
+        check_v_prediction(spatial_path)
     spatial, spatial_run = load_spatial_run(spatial_path)
-    index = build_index(data, clip_length=cfg.clip_length, frame_stride=cfg.frame_stride,
+    index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps,
                         vocabulary=spatial_run.vocabulary if spatial_run else None)
     vocabulary = index.vocabulary
     class_ids = [vocabulary.resolve(c) for c in cfg.classes]
@@ -128,6 +146,8 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     if image_size % spatial.vae_downsample:
         raise ValueError(f"--image-size {image_size} is not a multiple of the VAE's downsampling "
                          f"({spatial.vae_downsample})")
+    dataset = (CachedClipDataset(clips, open_latent_cache(cfg.cache, spatial.vae, image_size)) if cfg.cache
+               else ClipDataset(clips, size=image_size))
     temporal = dataclasses.replace(
         TEMPORAL_PRESETS[preset],
         **{k: v for k, v in (("heads", cfg.heads), ("attention_layers", cfg.attention_layers)) if v is not None},
@@ -139,12 +159,13 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     video_model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
     prior = DinoPrior.from_folder(cfg.prior_dino, video_model) if cfg.prior_dino else None
     model = TemporalTrainee(video_model, spatial, prior)
+    model.store_frozen_in(frozen_weight_dtype(cfg.train.mixed_precision))
     frozen_before = frozen_fingerprint(model)
 
     prompts = spatial.encode_prompts(vocabulary.prompts() + [""])  # frozen encoder: encode once
 
     def loss_fn(model: TemporalTrainee, batch, generator):
-        return stage2_loss(model, spatial, prompts, batch["pixels"], batch["class_id"], cfg, generator)
+        return stage2_loss(model, spatial, prompts, batch, cfg, generator)
 
     def on_sample(step: int, model: TemporalTrainee):
         write_video_samples(model.video_model, spatial, out / "samples" / f"step-{step:06d}", vocabulary,
@@ -160,7 +181,7 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     run.save()
     result = train(run_dir=out, model=model, trainable=model.trainable_parameters(),
-                   dataset=ClipDataset(clips, size=image_size), loss_fn=loss_fn, config=cfg.train,
+                   dataset=dataset, loss_fn=loss_fn, config=cfg.train,
                    on_sample=on_sample, resume=resume, progress=progress, export=export)
     if not torch.equal(frozen_before, frozen_fingerprint(model)):
         raise SpatialWeightsChangedError("stage 2 changed a frozen weight; this is a bug, please report it")
@@ -169,26 +190,27 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     return result
 
 
-def stage2_loss(model: TemporalTrainee, spatial: SpatialModel, prompts: torch.Tensor, pixels: torch.Tensor,
-                class_ids: torch.Tensor, cfg: TemporalStageConfig, generator: torch.Generator) -> torch.Tensor:
-    """The v-prediction loss of clips `pixels` (b, f, 3, H, W) of `class_ids` (plus Endora's prior loss).
+def stage2_loss(model: TemporalTrainee, spatial: SpatialModel, prompts: torch.Tensor, batch: dict,
+                cfg: TemporalStageConfig, generator: torch.Generator) -> torch.Tensor:
+    """The v-prediction loss of a batch of clips (plus Endora's prior loss).
 
-    `prompts` holds the encoded prompt of every class and, last, the empty prompt.
+    The batch holds `class_id` and either `pixels` (b, f, 3, H, W) or a latent
+    cache's `latent_mean` and `latent_std` (b, f, c, h, w). `prompts` holds the
+    encoded prompt of every class and, last, the empty prompt.
     """
-    b, f = pixels.shape[:2]
-    with torch.no_grad():
-        latents = model.vae.encode(pixels.flatten(0, 1)).latent_dist.sample(generator=generator)
-        latents = (latents * spatial.latent_scale).unflatten(0, (b, f)).transpose(1, 2)  # (b, c, f, h, w)
+    class_ids = batch["class_id"]
+    latents = sample_latents(model.vae, batch, generator, spatial.latent_scale).transpose(1, 2)  # (b, c, f, h, w)
     noised = noise_for_v_prediction(spatial.noise_scheduler, latents, generator)
-    prompt_ids = drop_conditions(class_ids, len(prompts) - 1, cfg.prompt_dropout, generator)
-    class_labels = drop_conditions(class_ids, model.video_model.null_class, cfg.class_dropout, generator)
-    text = prompts.to(pixels.device)[prompt_ids]
+    dropped = dropped_conditions(class_ids, cfg.condition_dropout, generator)
+    prompt_ids = torch.where(dropped, len(prompts) - 1, class_ids)
+    class_labels = torch.where(dropped, model.video_model.null_class, class_ids)
+    text = prompts.to(latents.device)[prompt_ids]
     if model.prior is None:
         pred = model.video_model(noised.noisy, noised.timesteps, text, class_labels)
         return nn.functional.mse_loss(pred.float(), noised.target.float())
     pred, features = model.video_model(noised.noisy, noised.timesteps, text, class_labels,
                                        features_of=model.prior.block_indices)
-    prior_loss = model.prior.loss(features, pixels.flatten(0, 1))
+    prior_loss = model.prior.loss(features, batch["pixels"].flatten(0, 1))
     return nn.functional.mse_loss(pred.float(), noised.target.float()) + cfg.prior_weight * prior_loss
 
 
