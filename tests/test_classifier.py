@@ -219,3 +219,21 @@ def test_classify_names_the_file_that_is_too_short_or_the_run_of_another_stage(c
     assert str(other) in message and "'classifier' run is needed" in message
     with pytest.raises(RunFolderError, match="no survgen run folder|not a survgen run folder"):
         load_classifier(tmp_path)
+
+
+def test_the_classifier_reads_any_video_at_its_clip_rate(tmp_path):
+    """A 60 fps and a 30 fps video of the same scene give the same clip: every 6th and every 3rd frame."""
+    from survgen.training.classifier import read_clip
+
+    frames60 = np.stack([np.full((16, 16, 3), 2 * i, np.uint8) for i in range(96)])  # brightness = frame time
+    slow = write_video(tmp_path / "slow.avi", frames60[::2], fps=30)
+    fast = write_video(tmp_path / "fast.avi", frames60, fps=60)
+    config = ClassifierConfig(image_size=16, clip_length=16, clip_fps=10)
+    assert (config.stride_for(60), config.stride_for(30), config.stride_for(None)) == (6, 3, 1)
+    clip_fast, clip_slow = read_clip(fast, config), read_clip(slow, config)
+    assert clip_fast.shape == (16, 3, 16, 16)
+    torch.testing.assert_close(clip_fast, clip_slow, atol=0.05, rtol=0)  # MJPEG rounding only
+    expected = torch.tensor([2 * 6 * k for k in range(16)], dtype=torch.float32) / 127.5 - 1
+    torch.testing.assert_close(clip_fast[:, 0, 8, 8], expected, atol=0.05, rtol=0)
+    with pytest.raises(ClipTooShortError, match="16 frames, 6 apart"):
+        read_clip(write_video(tmp_path / "short.avi", frames60[:60], fps=60), config)
