@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from survgen import __version__
@@ -86,7 +87,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except _known_errors() as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -120,7 +121,7 @@ def _data_dir(given: Path | None, stored) -> Path:
 
 def _print_result(result, out: Path) -> None:
     last = result.losses[-1] if result.losses else float("nan")
-    err.print(f"done: step {result.step}, last loss {last:.4f}; run folder {out}")
+    err.print(f"done: step {result.step}, last loss {last:.4f}; run folder {escape(str(out))}", highlight=False)
     typer.echo(str(out))
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from survgen.cli.options import ClipFps
@@ -45,7 +46,7 @@ class _ConsoleHandler(logging.Handler):
     """Shows the data layer's warnings on stderr as they happen (above any table or bar)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err.print(f"[yellow]warning:[/] {record.getMessage()}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -85,7 +86,7 @@ def synth(
         synthesize_dataset(out, num_videos=num_videos, size=size, seed=seed, frames_per_video=frames_per_video,
                            overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done))
     err.print(f"wrote {num_videos} videos of {size}x{size} (seed {seed}) in {time.perf_counter() - began:.1f} s; "
-              f"see the class balance with: survgen data stats {out}", highlight=False)
+              f"see the class balance with: survgen data stats {escape(str(out))}", highlight=False)
     typer.echo(str(out))
 
 
@@ -185,6 +186,7 @@ def cache(
             build_latent_cache(index, model, out, image_size=image_size, vae_source=str(spatial or vae), dtype=dtype,
                                batch_size=batch_size,
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
-    err.print(f"latent cache of {len(index.video_ids())} recordings at {image_size} px ({dtype}) in {out}, "
-              f"{time.perf_counter() - began:.1f} s; train with --cache {out}", highlight=False)
+    shown = escape(str(out))
+    err.print(f"latent cache of {len(index.video_ids())} recordings at {image_size} px ({dtype}) in {shown}, "
+              f"{time.perf_counter() - began:.1f} s; train with --cache {shown}", highlight=False)
     typer.echo(str(out))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from survgen.cli.app import err, user_errors
@@ -95,10 +96,10 @@ def quality_command(
                       fmt(prdc.get("density"), 3), fmt(prdc.get("coverage"), 3), fmt(r["fvd"]))
     err.print(table)
     for name, extractor in results["extractors"].items():
-        err.print(f"{name}: features of {extractor}", highlight=False)
+        err.print(escape(f"{name}: features of {extractor}"), highlight=False)
     warned = sum(len(r.get("warnings", [])) for _, r in rows)
     if warned:
-        err.print(f"[yellow]{warned} warning(s) about small sample sizes:[/] see {report / 'report.md'}",
+        err.print(f"[yellow]{warned} warning(s) about small sample sizes:[/] see {escape(str(report / 'report.md'))}",
                   highlight=False)
     typer.echo(str(report))
 
@@ -156,5 +157,5 @@ def downstream_command(
             cells.append(mean_std_text(j) + delta)
         table.add_row(name, *cells)
     err.print(table)
-    err.print(f"report: {report / 'report.md'}", highlight=False)
+    err.print(escape(f"report: {report / 'report.md'}"), highlight=False)
     typer.echo(str(report))

@@ -96,3 +96,12 @@ def test_an_attention_backend_that_cannot_run_here_is_refused_before_any_work(tm
     assert not (tmp_path / "gen").exists()
     result = invoke("generate", "--attention", "fast", "--n", 1, "--out", tmp_path / "gen")
     assert result.exit_code == 2 and "unknown attention backend 'fast'" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("name", ["[/x]", "[bold]", "data[v2]"])
+def test_error_messages_print_brackets_as_text(tmp_path, name):
+    """A path with Rich markup in it is printed as given, never parsed (which would crash or eat `[v2]`)."""
+    missing = tmp_path / name / "dataset"
+    result = runner.invoke(app, ["train-spatial", "--data", str(missing), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert str(missing) in "".join(result.output.split("\n")) and "MarkupError" not in result.output
