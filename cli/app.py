@@ -107,7 +107,11 @@ def _stage_config(cls, out: Path, stage: str, resume: bool, overrides: dict):
     from survgen.runs import begin_run
 
     stored = begin_run(out, stage, resume)
-    base = config_from_dict(cls, stored.options) if stored else cls()
+    try:
+        base = config_from_dict(cls, stored.options) if stored else cls()
+    except ValueError as e:
+        raise ValueError(f"{out / 'run.json'}: {e}; the run was written by another survgen version and cannot be "
+                         "resumed by this one: start a new run with another --out") from None
     return with_overrides(base, **overrides), stored
 
 

@@ -105,3 +105,19 @@ def test_error_messages_print_brackets_as_text(tmp_path, name):
     result = runner.invoke(app, ["train-spatial", "--data", str(missing), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert str(missing) in "".join(result.output.split("\n")) and "MarkupError" not in result.output
+
+
+def test_resuming_a_run_of_an_older_version_names_the_file_and_the_way_out(cli_runs, tmp_path):
+    """A run.json with options this version no longer has (a frame stride, per-condition dropout)."""
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(cli_runs / "spatial", out)
+    run = json.loads((out / "run.json").read_text())
+    run["options"].update(frame_stride=1, class_dropout=0.1)
+    (out / "run.json").write_text(json.dumps(run))
+    result = runner.invoke(app, ["train-spatial", "--out", str(out), "--resume"])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "run.json" in message and "class_dropout, frame_stride" in message
+    assert "start a new run" in message and "Traceback" not in message
