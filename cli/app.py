@@ -1,25 +1,25 @@
 """The `survgen` command line: thin Typer commands that parse options and call library functions.
 
-Human-readable output (progress, tables, warnings) goes to stderr; machine
-output (paths, JSON) to stdout. Known input errors end with exit code 2 and a
-one-line message naming the file and the fix.
+Results (a reporting command's table or --json, the folder a command made) go
+to stdout; messages and progress to stderr, printed as text (survgen.console).
+Input errors end with exit code 2 and one line naming the file or option and
+the fix (cli/errors.py).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from survgen import __version__
+from survgen.cli.errors import DEBUG_VARIABLE, user_errors
 from survgen.cli.options import AttentionBackend, ClipFps, Workers, attention_backend
+from survgen.console import say, show, text, warnings_shown
 
 app = typer.Typer(
     name="survgen",
@@ -28,7 +28,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
 
 
 @app.callback()
@@ -36,9 +35,13 @@ def _global_options(
     video_backend: Annotated[Optional[str], typer.Option(
         "--video-backend", help="Video decoder for every command: pyav (default) | decord (or $SURVGEN_VIDEO_BACKEND; "
                                 "`survgen info` shows the one in use).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the Python traceback of an error (or $SURVGEN_DEBUG=1).")] = False,
 ):
     """SurV-Gen: generate surgical videos of under-represented classes to rebalance datasets."""
     from survgen.data.video import BACKEND_VARIABLE, VIDEO_BACKENDS
+
+    if debug:
+        os.environ[DEBUG_VARIABLE] = "1"
 
     if video_backend is not None:
         if video_backend not in VIDEO_BACKENDS:
@@ -65,34 +68,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 LatentCacheDir = Annotated[Optional[str], typer.Option("--cache", help="A `survgen data cache` folder made with this model's VAE, image size and clip rate: read the frames' VAE posteriors instead of decoding and encoding videos.")]
 
 
-def _known_errors() -> tuple[type[Exception], ...]:
-    from survgen.classes import UnknownClassError
-    from survgen.data.index import DatasetError
-    from survgen.data.video import VideoReadError
-    from survgen.kernels import BackendUnavailableError
-    from survgen.models.spatial import ModelLoadError
-    from survgen.runs import RunFolderError
-    from survgen.training.checkpoint import CheckpointError
-    from survgen.training.loop import TrainingDivergedError
-
-    return (UnknownClassError, DatasetError, VideoReadError, ModelLoadError, RunFolderError, CheckpointError,
-            TrainingDivergedError, BackendUnavailableError, ValueError, FileNotFoundError)
-
-
-def user_errors(fn):
-    """Turn known input errors into a one-line message and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except _known_errors() as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 def _train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay, checkpoint_every,
                      sample_every, seed, workers=None) -> dict:
     return dict(train_steps=steps, train_batch_size=batch_size, train_lr=lr, train_grad_accum=grad_accum,
@@ -101,22 +76,28 @@ def _train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_dec
                 train_num_workers=workers)
 
 
-def _stage_config(cls, out: Path, stage: str, resume: bool, overrides: dict):
-    """Stored options on --resume (so no flag needs repeating), defaults otherwise; then the given flags."""
+def _stage_config(cls, stored, overrides: dict):
+    """The run's stored options on --resume (so no flag needs repeating), defaults otherwise; then the given flags."""
     from survgen.config import config_from_dict, with_overrides
-    from survgen.runs import begin_run
 
-    stored = begin_run(out, stage, resume)
     try:
         base = config_from_dict(cls, stored.options) if stored else cls()
     except ValueError as e:
-        raise ValueError(f"{out / 'run.json'}: {e}; the run was written by another survgen version and cannot be "
-                         "resumed by this one: start a new run with another --out") from None
-    return with_overrides(base, **overrides), stored
+        raise ValueError(f"{stored.folder / 'run.json'}: {e}; it was edited, or written by another survgen version, "
+                         "and this one cannot resume it: start a new run with another --out") from None
+    return with_overrides(base, **overrides)
+
+
+def _open_run(out: Path, stage: str, resume: bool):
+    """The stored run on --resume, None for a new one; a wrong --out is refused here, before torch loads."""
+    from survgen.runs import begin_run
+
+    return begin_run(out, stage, resume)
 
 
 def _data_dir(given: Path | None, stored) -> Path:
-    if stored is not None and stored.data:
+    """--data as given (a resume checks it is the run's own), else the run's."""
+    if given is None and stored is not None and stored.data:
         return Path(stored.data)
     if given is None:
         raise ValueError("--data is required: the dataset root (e.g. one made by `survgen data synth --out DIR`)")
@@ -125,7 +106,7 @@ def _data_dir(given: Path | None, stored) -> Path:
 
 def _print_result(result, out: Path) -> None:
     last = result.losses[-1] if result.losses else float("nan")
-    err.print(f"done: step {result.step}, last loss {last:.4f}; run folder {escape(str(out))}", highlight=False)
+    say(f"done: step {result.step}, last loss {last:.4f}; run folder {out}")
     typer.echo(str(out))
 
 
@@ -134,11 +115,11 @@ def _print_result(result, out: Path) -> None:
 @user_errors
 def info(
     preset: Annotated[Optional[str], typer.Option(help="Also report parameter counts of this preset (tiny | sd15).")] = None,
-    arch: Annotated[str, typer.Option(help="Video model of those counts: survgen | lvdm | endora.")] = "survgen",
+    arch: Annotated[Optional[str], typer.Option(help="With --preset: video model of those counts: survgen (default) | lvdm | endora.")] = None,
     memory: Annotated[bool, typer.Option("--memory", help="Also count each training stage's memory at --preset (bytes on the meta device).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="--memory: frames (stage 1) or clips (stage 2) per step.")] = 1,
-    image_size: Annotated[Optional[int], typer.Option(help="--memory: frame size (default: the preset's, sd15 256, tiny 64).")] = None,
-    mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="--memory: bf16 | fp16 | no.")] = "bf16",
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="--memory: frames (stage 1) or clips (stage 2) per step (default 1).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=8, help="--memory: frame size (default: the preset's, sd15 256, tiny 64).")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option("--mixed-precision", help="--memory: bf16 (default) | fp16 | no.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ):
     """Versions, device, kernel backends (and why not), parameter counts and sampling FLOPs of a preset.
@@ -147,11 +128,18 @@ def info(
       survgen info --arch endora --preset sd15
       survgen info --preset sd15 --memory --batch-size 2
     """
+    if arch is not None and not preset:
+        raise ValueError(f"--arch {arch} picks the model whose parameters --preset counts: add --preset tiny or sd15")
+    unused = [flag for flag, value in (("--batch-size", batch_size), ("--image-size", image_size),
+                                       ("--mixed-precision", mixed_precision)) if value is not None]
+    if unused and not memory:
+        raise ValueError(f"{', '.join(unused)} only shape the --memory count: add --memory --preset tiny|sd15")
     import diffusers
     import torch
     import transformers
 
     from survgen.data.video import video_backend
+
     from survgen.kernels import BackendUnavailableError, backend_report, select_backend
 
     probe = torch.empty(1, 1, 1, 1, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -174,6 +162,7 @@ def info(
     if preset:
         from survgen.models.counts import preset_parameter_counts, sampling_flops
 
+        arch = arch or "survgen"
         report["parameters"] = {"arch": arch, "preset": preset, **preset_parameter_counts(preset, arch)}
         cost = sampling_flops(arch, preset)
         report["sampling_cost"] = {  # counted on the meta device: a cost model, not a timing
@@ -186,8 +175,8 @@ def info(
             raise ValueError("--memory counts a preset's training memory: add --preset tiny or --preset sd15")
         from survgen.models.memory import training_memory
 
-        report["memory"] = training_memory(preset, batch_size=batch_size, image_size=image_size,
-                                           mixed_precision=mixed_precision)
+        report["memory"] = training_memory(preset, batch_size=batch_size or 1, image_size=image_size,
+                                           mixed_precision=mixed_precision or "bf16")
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -197,13 +186,13 @@ def info(
         if isinstance(value, dict):
             for sub, v in value.items():
                 shown = f"{v:,}" if isinstance(v, int) else ("; ".join(v) if isinstance(v, list) else str(v))
-                table.add_row(f"{key}.{sub}", shown)
+                table.add_row(text(f"{key}.{sub}"), text(shown))
         else:
-            table.add_row(key, str(value))
-    err.print(table)
+            table.add_row(text(key), text(value))
+    show(table)
     if counted:
-        err.print(_memory_table(counted))
-        err.print("\n".join(f"  - {a}" for a in counted["assumptions"]), highlight=False)
+        show(_memory_table(counted))
+        show(text("\n".join(f"  - {a}" for a in counted["assumptions"])))
 
 
 def _memory_table(memory: dict) -> Table:
@@ -234,7 +223,7 @@ def train_vae(
     out: OutDir,
     data: DataDir = None,
     resume: Resume = False,
-    image_size: Annotated[Optional[int], typer.Option(help="Frame size the VAE is trained at (default: 64).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=8, help="Frame size the VAE is trained at (default: 64).")] = None,
     clip_fps: ClipFps = None, workers: Workers = None,
     steps: Steps = None, batch_size: BatchSize = None, lr: LearningRate = None, grad_accum: GradAccum = None,
     mixed_precision: MixedPrecision = None, checkpoint_every: CheckpointEvery = None,
@@ -244,12 +233,13 @@ def train_vae(
 
     Example: survgen train-vae --data data/synth --out runs/vae
     """
+    stored = _open_run(out, "vae", resume)
     from survgen.training.autoencoder import AutoencoderStageConfig, train_autoencoder
 
     overrides = dict(image_size=image_size, clip_fps=clip_fps,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, None, checkpoint_every,
                                         sample_every, seed, workers))
-    cfg, stored = _stage_config(AutoencoderStageConfig, out, "vae", resume, overrides)
+    cfg = _stage_config(AutoencoderStageConfig, stored, overrides)
     data = _data_dir(data, stored)
     _print_result(train_autoencoder(data, out, cfg, resume=resume, progress=not quiet), out)
 
@@ -264,7 +254,7 @@ def train_spatial(
     pretrained: Annotated[Optional[str], typer.Option(help="Local SD 1.5 diffusers folder or .safetensors file.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Local CLIP tokenizer folder (single-file checkpoints).")] = None,
     vae: Annotated[Optional[str], typer.Option(help="tiny: the run folder of `survgen train-vae`.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Frame size to train at (default: the preset's: sd15 256 as in the paper, tiny 64).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=8, help="Frame size to train at (default: the preset's: sd15 256 as in the paper, tiny 64).")] = None,
     clip_fps: ClipFps = None, workers: Workers = None, cache: LatentCacheDir = None,
     train_text_encoder: Annotated[Optional[bool], typer.Option("--train-text-encoder/--freeze-text-encoder",
                                                                help="Fine-tune the text encoder too (default: tiny yes, sd15 no).")] = None,
@@ -278,13 +268,14 @@ def train_spatial(
       survgen train-spatial --data data/synth --vae runs/vae --out runs/spatial
       survgen train-spatial --data SAR-RARP50/train --preset sd15 --pretrained ~/models/sd15 --out runs/spatial
     """
+    stored = _open_run(out, "spatial", resume)
     from survgen.training.stage1 import SpatialStageConfig, train_spatial as run_stage
 
     overrides = dict(preset=preset, pretrained=pretrained, tokenizer=tokenizer, vae=vae, image_size=image_size,
                      clip_fps=clip_fps, cache=cache, train_text_encoder=train_text_encoder, sample_steps=sample_steps,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay,
                                         checkpoint_every, sample_every, seed, workers))
-    cfg, stored = _stage_config(SpatialStageConfig, out, "spatial", resume, overrides)
+    cfg = _stage_config(SpatialStageConfig, stored, overrides)
     data = _data_dir(data, stored)
     _print_result(run_stage(data, out, cfg, resume=resume, progress=not quiet), out)
 
@@ -298,7 +289,7 @@ def train_temporal(
     classes: Annotated[Optional[list[str]], typer.Option("--class", help="Class to learn, by code (G7), id or name; repeatable.")] = None,
     resume: Resume = False,
     arch: Annotated[Optional[str], typer.Option(help="survgen (temporal blocks on the frozen spatial model) | lvdm | endora (baselines, trained whole).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Frame size to train at (default: the one stage 1 trained at).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=8, help="Frame size to train at (default: the one stage 1 trained at).")] = None,
     clip_fps: ClipFps = None, workers: Workers = None, cache: LatentCacheDir = None,
     attention_layers: Annotated[Optional[int], typer.Option(help="survgen: self-attention sub-layers per temporal block.")] = None,
     prior_dino: Annotated[Optional[str], typer.Option(help="endora: local DINO ViT folder; adds Endora's prior loss.")] = None,
@@ -317,6 +308,7 @@ def train_temporal(
       survgen train-temporal --data data/synth --spatial runs/spatial --class G7 --out runs/temporal-G7
       survgen train-temporal --data data/synth --spatial runs/spatial --class G7 --arch endora --out runs/endora-G7
     """
+    stored = _open_run(out, "temporal", resume)
     from survgen.training.stage2 import TemporalStageConfig, train_temporal as run_stage
 
     overrides = dict(arch=arch, classes=classes or None, image_size=image_size, clip_fps=clip_fps, cache=cache,
@@ -325,9 +317,9 @@ def train_temporal(
                      gradient_checkpointing=gradient_checkpointing, sample_steps=sample_steps,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, ema_decay,
                                         checkpoint_every, sample_every, seed, workers))
-    cfg, stored = _stage_config(TemporalStageConfig, out, "temporal", resume, overrides)
+    cfg = _stage_config(TemporalStageConfig, stored, overrides)
     data = _data_dir(data, stored)
-    spatial = Path(stored.parent) if stored and stored.parent else spatial
+    spatial = spatial or (stored.parent_path if stored else None)
     if spatial is None:
         raise ValueError("--spatial is required: the run folder of `survgen train-spatial`")
     with attention_backend(attention):
@@ -363,7 +355,8 @@ def main() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also silences diffusers/transformers loaders
-    app()
+    with warnings_shown():
+        app()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Plain functions, registered on the app (with `user_errors`) by `cli/app.py`'s
 `_mount_subcommands`; import `survgen.cli.app`, not this module, to get them.
-Human output goes to stderr, machine output (the run folder, JSON) to stdout.
+`classify` prints its table (or --json) to stdout; `train-classifier` its run folder.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import typer
 from rich.table import Table
 
 from survgen.cli.app import (BatchSize, CheckpointEvery, DataDir, GradAccum, LearningRate, MixedPrecision, OutDir,
-                             Quiet, Resume, Seed, Steps, _data_dir, _print_result, _stage_config, _train_overrides,
-                             err)
+                             Quiet, Resume, Seed, Steps, _data_dir, _open_run, _print_result, _stage_config,
+                             _train_overrides)
 from survgen.cli.options import ClipFps, Workers
+from survgen.console import show, stderr, text
 
 
 def train_classifier_command(
@@ -25,7 +26,7 @@ def train_classifier_command(
     data: DataDir = None,
     resume: Resume = False,
     preset: Annotated[Optional[str], typer.Option(help="tiny (CPU-sized) | r3d18 (ResNet3D-18 widths, 112 px).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Frame size the classifier sees (default: the preset's).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=8, help="Frame size the classifier sees (default: the preset's).")] = None,
     clip_length: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip.")] = None,
     clip_fps: ClipFps = None, workers: Workers = None,
     val_fraction: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Share of recordings held out for validation (split by video, never by clip).")] = None,
@@ -40,28 +41,29 @@ def train_classifier_command(
 
     Example: survgen train-classifier --data data/synth --out runs/classifier --steps 600 --batch-size 16
     """
+    stored = _open_run(out, "classifier", resume)
     from survgen.training.classifier import ClassifierStageConfig, train_classifier
 
     overrides = dict(preset=preset, image_size=image_size, clip_length=clip_length, clip_fps=clip_fps,
                      val_fraction=val_fraction, balance=balance, augment=augment,
                      **_train_overrides(steps, batch_size, lr, grad_accum, mixed_precision, None,
                                         checkpoint_every, val_every, seed, workers))
-    cfg, stored = _stage_config(ClassifierStageConfig, out, "classifier", resume, overrides)
+    cfg = _stage_config(ClassifierStageConfig, stored, overrides)
     data = _data_dir(data, stored)
     result = train_classifier(data, out, cfg, resume=resume, progress=not quiet)
     validation = result.extra.get("validation")
     if validation:
-        table = Table(title=f"validation at step {validation['step']} ({validation['clips']} clips of "
-                            "held-out recordings)")
+        table = Table(title=text(f"validation at step {validation['step']} ({validation['clips']} clips of "
+                                 "held-out recordings)"))
         for column in ("class", "clips", "accuracy"):
             table.add_column(column, justify="right")
         per_class = list(validation["per_class"].items())
         for k, (code, accuracy) in enumerate(per_class):
-            table.add_row(code, str(validation["clips_per_class"][code]), "-" if accuracy is None else f"{accuracy:.1%}",
-                          end_section=k == len(per_class) - 1)
+            table.add_row(text(code), str(validation["clips_per_class"][code]),
+                          "-" if accuracy is None else f"{accuracy:.1%}", end_section=k == len(per_class) - 1)
         table.add_row("all", str(validation["clips"]), f"{validation['accuracy']:.1%}")
         table.add_row("mean of classes", "", f"{validation['balanced_accuracy']:.1%}")
-        err.print(table)
+        stderr.print(table)  # a training command's result is its run folder, on stdout
     _print_result(result, out)
 
 
@@ -82,12 +84,12 @@ def classify_command(
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
-    table = Table(title=f"top-{topk} classes ({model})")
+    table = Table(title=text(f"top-{topk} classes ({model})"))
     table.add_column("video", overflow="fold")  # the whole path, wrapped, rather than cut short
     for column, justify in (("rank", "right"), ("class", "left"), ("name", "left"), ("probability", "right")):
         table.add_column(column, justify=justify)
     for result in results:
         for rank, entry in enumerate(result["topk"], start=1):
-            table.add_row(result["video"] if rank == 1 else "", str(rank), entry["code"], entry["name"],
-                          f"{entry['probability']:.3f}", end_section=rank == len(result["topk"]))
-    err.print(table)
+            table.add_row(text(result["video"] if rank == 1 else ""), str(rank), text(entry["code"]),
+                          text(entry["name"]), f"{entry['probability']:.3f}", end_section=rank == len(result["topk"]))
+    show(table)

@@ -1,68 +1,29 @@
 """`survgen data ...`: create the procedural dataset, inspect the class balance of any dataset, cache its latents.
 
-Human-readable output goes to stderr, machine output (paths, JSON) to stdout.
-Known input errors end with exit code 2 and a one-line message.
+`stats` prints its table (or --json) to stdout; `synth` and `cache` the folder
+they made. Messages and progress go to stderr; input errors exit 2 (cli/errors.py).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from survgen.cli.errors import user_errors
 from survgen.cli.options import ClipFps
+from survgen.console import progress_bar, say, show, text, warnings_shown
 
 app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_enable=False)
-err = Console(stderr=True)
-
-
-def _known_errors() -> tuple[type[Exception], ...]:
-    from survgen.classes import UnknownClassError
-    from survgen.data.index import DatasetError
-    from survgen.data.video import VideoReadError
-
-    return DatasetError, VideoReadError, UnknownClassError, FileExistsError, ValueError
-
-
-@contextmanager
-def _exit_on_input_errors():
-    try:
-        yield
-    except _known_errors() as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-
-
-class _ConsoleHandler(logging.Handler):
-    """Shows the data layer's warnings on stderr as they happen (above any table or bar)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        err.print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
-
-
-@contextmanager
-def _warnings_to_console():
-    logger = logging.getLogger("survgen.data")
-    handler = _ConsoleHandler(logging.WARNING)
-    logger.addHandler(handler)
-    propagate, logger.propagate = logger.propagate, False  # printed here, not again by the root logger
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
 
 
 @app.command()
+@user_errors
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to create (must be empty or absent unless --overwrite).")],
     num_videos: Annotated[int, typer.Option("--num-videos", min=1, help="Number of videos.")] = 36,
@@ -75,22 +36,22 @@ def synth(
 
     Example: survgen data synth --out data/synth
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from survgen.data.synth import synthesize_dataset
 
     began = time.perf_counter()
-    with _exit_on_input_errors(), Progress(TextColumn("synthesizing videos"), BarColumn(), MofNCompleteColumn(),
-                                           TimeElapsedColumn(), console=err, transient=True) as bar:
+    with progress_bar(TextColumn("synthesizing videos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("videos", total=num_videos)
         synthesize_dataset(out, num_videos=num_videos, size=size, seed=seed, frames_per_video=frames_per_video,
                            overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done))
-    err.print(f"wrote {num_videos} videos of {size}x{size} (seed {seed}) in {time.perf_counter() - began:.1f} s; "
-              f"see the class balance with: survgen data stats {escape(str(out))}", highlight=False)
+    say(f"wrote {num_videos} videos of {size}x{size} (seed {seed}) in {time.perf_counter() - began:.1f} s; "
+        f"see the class balance with: survgen data stats {out}")
     typer.echo(str(out))
 
 
 @app.command()
+@user_errors
 def stats(
     data: Annotated[Path, typer.Argument(help="Dataset root (SAR-RARP50 layout, or videos + labels CSV).")],
     plot: Annotated[Optional[Path], typer.Option(
@@ -111,9 +72,12 @@ def stats(
     """
     from survgen.data.index import CLIP_FPS, build_index
     from survgen.data.stats import class_balance_plot, class_statistics
+    from survgen.io import is_survgen_png, output_file
 
     clip_fps = clip_fps or CLIP_FPS
-    with _exit_on_input_errors(), _warnings_to_console():
+    if plot is not None:
+        output_file(plot, option="--plot", suffix=".png", ours=is_survgen_png)
+    with warnings_shown():
         index = build_index(data, clip_length=clip_length, clip_fps=clip_fps, clip_step=clip_step,
                             layout=layout, labels_csv=labels_csv)
         rows = class_statistics(index)
@@ -121,27 +85,29 @@ def stats(
             class_balance_plot(index.class_counts(), index.vocabulary, plot,
                                title=f"{clip_length}-frame clips per class: {data}")
 
-    table = Table(title=f"{data} ({index.layout} layout)", caption=(
-        f"{len(index)} clips of {clip_length} frames at {clip_fps:g} fps from {len(index.video_ids())} recordings; "
-        "orange: under-represented"))
-    for column in ("code", "action", "clips", "share", "recordings", "labelled frames"):
-        table.add_column(column, justify="left" if column in ("code", "action") else "right")
-    for row in rows:
-        table.add_row(row.code, row.name, f"{row.clips:,}", f"{row.share:.1%}", str(row.videos), f"{row.frames:,}",
-                      style="dark_orange" if row.rare else None)
-    err.print(table)
-    if index.warnings:
-        err.print(f"{len(index.warnings)} warning(s) above: those files or lines were skipped.", highlight=False)
     if as_json:
         typer.echo(json.dumps({"root": str(data), "layout": index.layout, "clip_length": clip_length,
                                "clip_fps": clip_fps, "clips": len(index),
                                "classes": [row.__dict__ for row in rows], "warnings": index.warnings,
                                "plot": str(plot) if plot is not None else None}, indent=2))
-    elif plot is not None:
-        typer.echo(str(plot))
+        return
+    table = Table(title=text(f"{data} ({index.layout} layout)"), caption=text(
+        f"{len(index)} clips of {clip_length} frames at {clip_fps:g} fps from {len(index.video_ids())} recordings; "
+        "orange: under-represented"))
+    for column in ("code", "action", "clips", "share", "recordings", "labelled frames"):
+        table.add_column(column, justify="left" if column in ("code", "action") else "right")
+    for row in rows:
+        table.add_row(text(row.code), text(row.name), f"{row.clips:,}", f"{row.share:.1%}", str(row.videos), f"{row.frames:,}",
+                      style="dark_orange" if row.rare else None)
+    show(table)
+    if index.warnings:
+        say(f"{len(index.warnings)} warning(s) above: those files or lines were skipped.")
+    if plot is not None:
+        say(f"plot: {plot}")
 
 
 @app.command()
+@user_errors
 def cache(
     out: Annotated[Path, typer.Option("--out", help="Cache folder to create (or to finish, rerun with the same options).")],
     data: Annotated[Path, typer.Option("--data", help="Dataset root (SAR-RARP50 layout, or videos + labels CSV).")],
@@ -165,28 +131,30 @@ def cache(
       survgen data cache --data data/synth --vae runs/vae --out cache/synth
       survgen data cache --data SAR-RARP50/train --spatial runs/spatial --out cache/sar --clip-fps 10
     """
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+    from rich.progress import (BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
     from survgen.data.index import CLIP_FPS, build_index
     from survgen.data.latent_cache import build_latent_cache
     from survgen.training.stage1 import load_cache_vae
 
+    from survgen.data.latent_cache import MANIFEST
+    from survgen.io import output_folder
+
+    output_folder(out, option="--out", marker=MANIFEST)  # before the VAE loads and the videos are hashed
     began = time.perf_counter()
-    with _exit_on_input_errors(), _warnings_to_console():
+    with warnings_shown():
         model, run_size = load_cache_vae(spatial=spatial, vae=vae)
         if (image_size := image_size or run_size) is None:
             raise ValueError(f"{spatial}: not a survgen run, so its image size is unknown; pass --image-size "
                              "(the size you will train at, e.g. 256 for sd15)")
         index = build_index(data, clip_length=clip_length, clip_fps=clip_fps or CLIP_FPS)
-        with Progress(TextColumn("encoding frames"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
-                      transient=True) as bar:
+        with progress_bar(TextColumn("encoding frames"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                          TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()) as bar:
             task = bar.add_task("frames", total=None)
             build_latent_cache(index, model, out, image_size=image_size, vae_source=str(spatial or vae), dtype=dtype,
                                batch_size=batch_size,
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
-    shown = escape(str(out))
-    err.print(f"latent cache of {len(index.video_ids())} recordings at {image_size} px ({dtype}) in {shown}, "
-              f"{time.perf_counter() - began:.1f} s; train with --cache {shown}", highlight=False)
+    say(f"latent cache of {len(index.video_ids())} recordings at {image_size} px ({dtype}) in {out}, "
+        f"{time.perf_counter() - began:.1f} s; train with --cache {out}")
     typer.echo(str(out))

@@ -1,11 +1,13 @@
 """`survgen evaluate quality` and `survgen evaluate downstream`: measure generated videos, write a report.
 
-Registered on the app by `cli/app.py`'s `_mount_subcommands`. Tables go to
-stderr; the report folder's path to stdout.
+Registered on the app by `cli/app.py`'s `_mount_subcommands`. The results go to
+stdout (a table, or with --json the results as written to the report folder);
+progress and the report's path to stderr.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -13,10 +15,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from survgen.cli.app import err, user_errors
+from survgen.cli.errors import user_errors
+from survgen.console import say, show, text
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                   help="Measure generated videos: quality metrics, and the downstream test the method exists for.")
@@ -24,15 +26,11 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
 Report = Annotated[Path, typer.Option("--report", help="Folder for report.md, its plots and the results (JSON); "
                                                          "re-run the same command to continue it.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the results as JSON to stdout instead of a table.")]
 
 
 def _command_line() -> str:
     return shlex.join(["survgen", *sys.argv[1:]])
-
-
-def _fresh_folder(folder: Path, results_file: str) -> None:
-    if folder.exists() and any(folder.iterdir()) and not (folder / results_file).exists():
-        raise ValueError(f"{folder}: folder is not empty; choose a new --report")
 
 
 # ---------------------------------------------------------------- quality
@@ -49,7 +47,7 @@ def quality_command(
     max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Frames per class and set, at most.")] = 1000,
     max_clips: Annotated[int, typer.Option("--max-clips", min=1, help="Clips per class and set, at most (FVD).")] = 500,
     seed: Annotated[int, typer.Option("--seed", help="Which real frames and clips are drawn.")] = 0,
-    quiet: Quiet = False,
+    quiet: Quiet = False, as_json: AsJson = False,
 ):
     """FID, KID, CMMD, density/coverage (frames) and FVD (clips) of generated vs real videos, per class.
 
@@ -61,9 +59,9 @@ def quality_command(
     from survgen.evaluation.features import ClassifierFeatures, ClipEmbeddings, I3DFeatures, InceptionFeatures
     from survgen.evaluation.quality import Extractors, QualityConfig, evaluate_quality
     from survgen.evaluation.report import write_quality_report
-    from survgen.io import write_json_atomic
+    from survgen.io import output_folder, write_json_atomic
 
-    _fresh_folder(report, "quality.json")
+    output_folder(report, option="--report", marker="quality.json")  # a re-run replaces its own report
     if classifier is None:
         from survgen.generation.default import default_runs
 
@@ -80,7 +78,11 @@ def quality_command(
     write_json_atomic(report / "quality.json", results)
     write_quality_report(results, report, command=results["command"], seconds=seconds)
 
-    table = Table(title=f"quality of {fake} vs {real}")
+    say(f"report: {report / 'report.md'}")
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    table = Table(title=text(f"quality of {fake} vs {real}"))
     for column in ("class", "frames real/gen", "FID", "KID", "CMMD", "density", "coverage", "FVD"):
         table.add_column(column, justify="right")
     rows = [(code, r) for code, r in results["per_class"].items() if "frames" in r]
@@ -91,17 +93,15 @@ def quality_command(
 
     for code, r in rows:
         prdc = r["prdc"] or {}
-        table.add_row(code, f"{r['frames']['real']}/{r['frames']['fake']}", fmt(r["fid"]),
+        table.add_row(text(code), f"{r['frames']['real']}/{r['frames']['fake']}", fmt(r["fid"]),
                       fmt(r["kid"]["mean"], 4) if r["kid"] else "-", fmt(r["cmmd"], 3),
                       fmt(prdc.get("density"), 3), fmt(prdc.get("coverage"), 3), fmt(r["fvd"]))
-    err.print(table)
+    show(table)
     for name, extractor in results["extractors"].items():
-        err.print(escape(f"{name}: features of {extractor}"), highlight=False)
+        show(text(f"{name}: features of {extractor}"))
     warned = sum(len(r.get("warnings", [])) for _, r in rows)
     if warned:
-        err.print(f"[yellow]{warned} warning(s) about small sample sizes:[/] see {escape(str(report / 'report.md'))}",
-                  highlight=False)
-    typer.echo(str(report))
+        say(f"{warned} warning(s) about small sample sizes: see {report / 'report.md'}", "warning")
 
 
 # ---------------------------------------------------------------- downstream
@@ -121,7 +121,7 @@ def downstream_command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per step, the same for every arm.")] = 16,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 3e-3,
     balance: Annotated[str, typer.Option("--balance", help="loss: inverse-frequency class weights | sampler | none.")] = "loss",
-    quiet: Quiet = False,
+    quiet: Quiet = False, as_json: AsJson = False,
 ):
     """The paper's experiment: train a recogniser on real, real + synthetic (with and without rejection
     sampling), over 3 seeds, and score each class on real test videos.
@@ -142,10 +142,14 @@ def downstream_command(
                            classifier=classifier)
     results = run_downstream(real, synthetic, report, cfg, test=test, progress=not quiet)
     write_downstream_report(results, report, command=_command_line())
+    say(f"report: {report / 'report.md'}")
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
 
     summary = results["summary"]
     rare = sorted({c for arm in results["arms"] for c in arm.get("synthetic_clips", {})})
-    table = Table(title=f"test videos: {results['test']['points']} time points ({len(cfg.seeds)} seeds)")
+    table = Table(title=text(f"test videos: {results['test']['points']} time points ({len(cfg.seeds)} seeds)"))
     table.add_column("arm")
     for column in ["balanced acc.", "macro F1"] + [f"Jaccard {c}" for c in rare]:
         table.add_column(column, justify="right")
@@ -155,7 +159,5 @@ def downstream_command(
             j = entry["per_class"][code]["jaccard"]
             delta = f" ({signed(j['delta'])})" if name != results["arms"][0]["name"] else ""
             cells.append(mean_std_text(j) + delta)
-        table.add_row(name, *cells)
-    err.print(table)
-    err.print(escape(f"report: {report / 'report.md'}"), highlight=False)
-    typer.echo(str(report))
+        table.add_row(text(name), *cells)
+    show(table)

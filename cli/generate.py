@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from survgen.cli.options import AttentionBackend, attention_backend
-
-err = Console(stderr=True)
+from survgen.console import stderr, text
 
 
 def generate_command(
@@ -40,7 +38,8 @@ def generate_command(
     Example: survgen generate --model runs/temporal-G7 --classifier runs/classifier --class G7 --n 500 --reject-topk 3 --out gen/G7
     """
     from survgen.generation.default import default_runs
-    from survgen.generation.run import GenerationConfig, generate
+    from survgen.generation.run import MANIFEST, GenerationConfig, generate
+    from survgen.io import output_folder
     from survgen.models.video_models import check_arch
     from survgen.training.stage2 import run_arch
 
@@ -55,17 +54,18 @@ def generate_command(
     elif arch is not None and (found := run_arch(model)) != arch:
         raise ValueError(f"{model}: a {found} model, not {arch}; drop --arch or pass a {arch} run")
     out = out or Path("generated") / "-".join(classes or ["G7"]).replace("/", "_").replace(" ", "_")
+    output_folder(out, option="--out", marker=MANIFEST)  # before any model loads
     cfg = GenerationConfig(classes=classes or ["G7"], n=n, reject_topk=reject_topk, max_candidates=max_candidates,
                            batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance,
                            num_frames=frames, fps=fps, seed=seed, gif=gif, keep_rejected=keep_rejected)
     with attention_backend(attention):
         manifest = generate(model, out, cfg, classifier=classifier if reject_topk > 0 or classifier else None,
                             progress=not quiet)
-    table = Table(title=f"generated into {out}")
+    table = Table(title=text(f"generated into {out}"))
     for column in ("class", "accepted", "candidates", "acceptance"):
         table.add_column(column, justify="right")
     for code, s in manifest["summary"]["per_class"].items():
         rate = f"{s['acceptance_rate']:.0%}" if s["acceptance_rate"] is not None else "-"
-        table.add_row(code, str(s["accepted"]), str(s["candidates"]), rate)
-    err.print(table)
+        table.add_row(text(code), str(s["accepted"]), str(s["candidates"]), rate)
+    stderr.print(table)  # generate's result is its folder, on stdout
     typer.echo(str(out))

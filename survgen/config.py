@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 
 
@@ -20,9 +21,39 @@ def config_from_dict(cls, d: dict):
     kwargs = {}
     for name, value in d.items():
         kind = hints[name]
+        if not _fits(value, kind):
+            raise ValueError(f"option {name} must be {_type_name(kind)}, not {value!r}")
         nested = next((t for t in (kind, *typing.get_args(kind)) if dataclasses.is_dataclass(t)), None)
         kwargs[name] = config_from_dict(nested, value) if nested and isinstance(value, dict) else value
     return cls(**kwargs)
+
+
+def _fits(value, kind) -> bool:
+    """Whether a JSON value can stand for a field of type `kind` (an int for a float, a list for a tuple)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, k) for k in args)
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(kind):
+        return isinstance(value, dict)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, k) for v, k in zip(value, args))
+        return not args or all(_fits(v, args[0]) for v in value)
+    return isinstance(value, kind) if isinstance(kind, type) else True
+
+
+def _type_name(kind) -> str:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(k) for k in typing.get_args(kind))
+    return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
 
 
 def with_overrides(cfg, **given):

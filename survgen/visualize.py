@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from survgen.io import atomic_path
+from survgen.io import PNG_SOFTWARE, atomic_path
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -34,6 +34,10 @@ def grid(rows: list[np.ndarray], labels: list[str] | None = None, pad: int = 2, 
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", pnginfo=info)
     return Path(path)

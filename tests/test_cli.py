@@ -75,11 +75,11 @@ def test_a_temporal_run_resumes_from_its_folder_alone(synth_dataset, cli_runs):
 @pytest.mark.parametrize("args, message", [
     (["train-temporal", "--class", "G9"], "G9"),
     (["train-temporal", "--class", "G7"], "--spatial is required"),
-    (["train-spatial"], "not empty"),
+    (["train-spatial"], "holds a run already"),
     (["train-temporal", "--resume"], "nothing to resume"),
 ])
 def test_user_errors_end_with_a_one_line_message_and_exit_code_2(synth_dataset, cli_runs, tmp_path, args, message):
-    out = cli_runs / "spatial" if "not empty" in message else tmp_path / "run"
+    out = cli_runs / "spatial" if "holds a run" in message else tmp_path / "run"
     extra = ["--spatial", cli_runs / "spatial"] if "G9" in args else []
     result = runner.invoke(app, [*args, "--data", str(synth_dataset), "--out", str(out), *map(str, extra)])
     assert result.exit_code == 2, result.output

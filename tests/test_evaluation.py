@@ -186,6 +186,11 @@ def test_the_evaluate_commands_write_reports_and_refuse_bad_input(synth_dataset,
     quality = json.loads((tmp_path / "q" / "quality.json").read_text())
     assert "shipped" in quality["extractors"]["cmmd"] or "assets/default/classifier" in quality["extractors"]["cmmd"]
     assert quality["per_class"]["G7"]["frames"]["fake"] == 16
+    assert "FID" in result.stdout and "report.md" in result.stderr  # the table is the result
+    again = runner.invoke(app, ["evaluate", "quality", "--real", str(generated), "--fake", str(generated),
+                                "--report", str(tmp_path / "q"), "--max-frames", "16", "--quiet", "--json"])
+    assert again.exit_code == 0, again.output  # a re-run replaces its own report
+    assert json.loads(again.stdout)["per_class"] == json.loads((tmp_path / "q" / "quality.json").read_text())["per_class"]
 
     result = runner.invoke(app, ["evaluate", "downstream", "--real", str(synth_dataset), "--synthetic", str(generated),
                                  "--report", str(tmp_path / "d"), "--seed", "0", "--steps", "1", "--batch-size", "2",
@@ -198,4 +203,4 @@ def test_the_evaluate_commands_write_reports_and_refuse_bad_input(synth_dataset,
     assert result.exit_code == 2 and "nowhere: no such folder" in " ".join(result.output.split())  # rich wraps
     result = runner.invoke(app, ["evaluate", "downstream", "--real", str(synth_dataset), "--synthetic", str(generated),
                                  "--report", str(tmp_path / "q")])  # a folder holding something else
-    assert result.exit_code == 2 and "not empty" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "has no downstream.json" in " ".join(result.output.split())

@@ -70,7 +70,7 @@ def test_temporal_resume_equals_uninterrupted(synth_dataset, spatial_run, tmp_pa
 
 def test_stages_refuse_to_overwrite_and_check_the_run_stage(synth_dataset, spatial_run, vae_run, tmp_path):
     spatial_out, _ = spatial_run
-    with pytest.raises(RunFolderError, match="not empty"):
+    with pytest.raises(RunFolderError, match="holds a run already"):
         train_spatial(synth_dataset, spatial_out, SpatialStageConfig(vae=str(vae_run)), progress=False)
     with pytest.raises(RunFolderError, match="'vae' run"):
         train_temporal(synth_dataset, vae_run, tmp_path / "t", TemporalStageConfig(), progress=False)

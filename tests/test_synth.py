@@ -6,6 +6,7 @@ import pytest
 from survgen.data.index import build_index
 from survgen.data.synth import LABEL_STEP, SEGMENT_SHARE, plan_segments, synthesize_dataset
 from survgen.data.video import probe_video, read_frames
+from survgen.io import OutputPathError
 
 TINY = dict(num_videos=4, frames_per_video=90, size=32)  # 8 segments: one per class
 
@@ -102,13 +103,23 @@ def test_classes_differ_in_motion(synth_dataset):
     assert accuracy > 0.3, f"motion features separate classes poorly: {accuracy:.2f} (chance 0.125)"
 
 
-def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
+def test_overwrite_replaces_only_a_dataset_it_wrote(tmp_path):
     out = tmp_path / "d"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="not empty"):
+    for overwrite in (False, True):  # a folder survgen did not make is refused, --overwrite or not
+        with pytest.raises(OutputPathError, match="keep.txt"):
+            synthesize_dataset(out, overwrite=overwrite, **TINY)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    out = tmp_path / "synth"
+    synthesize_dataset(out, **TINY)
+    with pytest.raises(OutputPathError, match="--overwrite"):
         synthesize_dataset(out, **TINY)
-    assert (out / "keep.txt").exists()
-    synthesize_dataset(out, overwrite=True, **TINY)
-    assert not (out / "keep.txt").exists() and (out / "video_01" / "video_left.avi").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temporary folder left behind
+    first = (out / "video_01" / "action_discrete.txt").read_text()
+    synthesize_dataset(out, overwrite=True, **{**TINY, "seed": 1})
+    assert (out / "video_01" / "action_discrete.txt").read_text() != first
+    (out / "thesis.tex").write_text("x")  # a dataset survgen made, with a user's file added: kept
+    with pytest.raises(OutputPathError, match="thesis.tex"):
+        synthesize_dataset(out, overwrite=True, **TINY)
+    assert (out / "thesis.tex").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "synth"]  # no temporary folder left behind

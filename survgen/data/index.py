@@ -42,7 +42,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from survgen.classes import ClassVocabulary, UnknownClassError
+from survgen.classes import CLASSES_FILE, ClassVocabulary, UnknownClassError
 from survgen.data.video import VIDEO_SUFFIXES, VideoInfo, VideoReadError, probe_video
 
 log = logging.getLogger("survgen.data")
@@ -215,7 +215,7 @@ def build_index(
         raise DatasetError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder; give the dataset root (e.g. one made by `survgen data synth --out DIR`)")
-    vocabulary = vocabulary or ClassVocabulary.for_folder(root)
+    vocabulary = _vocabulary(root, vocabulary)
     if layout == "auto":
         layout = _detect_layout(root, labels_csv)
     warnings = _Warnings()
@@ -276,6 +276,16 @@ def _probe(path: Path, warnings: _Warnings) -> VideoInfo | None:
     except VideoReadError as e:
         warnings.add(f"{e}; video skipped")
         return None
+
+
+def _vocabulary(root: Path, given: ClassVocabulary | None) -> ClassVocabulary:
+    """The dataset's own classes.json, or `given` (a model's) when it has none or the same class list."""
+    own = ClassVocabulary.for_folder(root) if (root / CLASSES_FILE).exists() else None
+    if given is not None and own is not None and own.names != given.names:
+        raise DatasetError(f"{root / CLASSES_FILE}: lists the classes {list(own.names)}, but they are read here as "
+                           f"{list(given.names)} (the model's); class ids would mean other actions: use a dataset "
+                           "labelled with the model's classes")
+    return given or own or ClassVocabulary()
 
 
 def _read_sar_rarp50(root: Path, vocabulary: ClassVocabulary, warnings: _Warnings):

@@ -43,7 +43,7 @@ import torch
 from survgen.data.datasets import ClipDataset, FrameDataset, to_pixels
 from survgen.data.index import VideoIndex
 from survgen.data.video import read_frames
-from survgen.io import atomic_path, write_json_atomic
+from survgen.io import atomic_path, output_folder, write_json_atomic
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -181,8 +181,7 @@ def _start_or_continue(out: Path, manifest: dict) -> None:
                 f"{out}: holds a latent cache started with other {', '.join(differs)} "
                 f"({_describe(previous)}); choose a new --out, or delete {out} to rebuild it here")
         return
-    if out.exists() and any(out.iterdir()):
-        raise LatentCacheError(f"{out}: folder is not empty and holds no latent cache ({MANIFEST}); choose a new --out")
+    output_folder(out, option="--out", marker=MANIFEST)
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / MANIFEST, manifest)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from survgen.classes import ClassVocabulary
 from survgen.data.index import VideoIndex
-from survgen.io import atomic_path
+from survgen.io import PNG_SOFTWARE, atomic_path
 
 
 @dataclass(frozen=True)
@@ -85,5 +85,5 @@ def class_balance_plot(counts: dict[int, int], vocabulary: ClassVocabulary, path
                        Patch(color="#d95f02", label="under-represented (< ½ of an even share)")],
               fontsize=8, loc="upper right", frameon=False)
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
+        figure.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE})
     return path

@@ -43,7 +43,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from survgen.classes import SAR_RARP50_ACTIONS
 from survgen.data.index import CLIP_FPS
 from survgen.data.video import write_video
-from survgen.io import atomic_folder, atomic_path
+from survgen import __version__
+from survgen.io import OutputPathError, atomic_folder, atomic_path, check_replaceable, output_folder, write_json_atomic
 
 LABEL_STEP = 6  # SAR-RARP50 labels every 6th frame (10 Hz of 60 fps video)
 SEGMENT_LENGTHS = tuple(range(30, 61, LABEL_STEP))  # frames; each holds several 16-frame clips
@@ -52,6 +53,9 @@ SUPERSAMPLE = 2  # draw at 2x and average down: antialiased edges without a blur
 
 
 # ---------------------------------------------------------------- the dataset
+DATASET_MARKER = "survgen_dataset.json"  # what `--overwrite` checks before it replaces a folder
+
+
 def synthesize_dataset(
     out: str | Path,
     num_videos: int = 36,
@@ -67,17 +71,20 @@ def synthesize_dataset(
 
     `frames_per_video` is approximate: each video holds about
     `frames_per_video / 45` segments of 30-60 frames. `progress(done, total)`
-    is called after each video. Refuses a non-empty `out` unless `overwrite`.
+    is called after each video. Refuses a non-empty `out`; with `overwrite`,
+    replaces only a dataset this function wrote (it holds `DATASET_MARKER`).
     """
     out = Path(out)
     if num_videos < 1:
         raise ValueError(f"num_videos must be at least 1, got {num_videos}")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file; give a folder for the dataset")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose another folder or pass --overwrite to replace it")
+    if overwrite:
+        check_replaceable(out, option="--out", marker=DATASET_MARKER, kind="synthetic dataset",
+                          written=["video_*", "README.txt", DATASET_MARKER])
+    elif output_folder(out, option="--out", marker=DATASET_MARKER):
+        raise OutputPathError(f"--out {out}: holds a synthetic dataset already; pass --overwrite to replace it, "
+                              "or choose a new --out")
     rng = np.random.default_rng(seed)
     plan = plan_segments(num_videos, frames_per_video, rng)
     with atomic_folder(out) as tmp:
@@ -91,6 +98,8 @@ def synthesize_dataset(
             if progress is not None:
                 progress(v + 1, len(plan))
         (tmp / "README.txt").write_text(_readme(num_videos, size, seed, fps, plan))
+        write_json_atomic(tmp / DATASET_MARKER, {"kind": "synthetic dataset", "survgen_version": __version__,
+                                                 "num_videos": num_videos, "size": size, "seed": seed, "fps": fps})
     return out
 
 

@@ -50,11 +50,12 @@ from pathlib import Path
 import torch
 
 from survgen.classes import ClassVocabulary
+from survgen.console import say, warn
 from survgen.config import config_to_dict
 from survgen.data.datasets import to_pixels
 from survgen.data.index import DatasetError, VideoIndex, build_index
 from survgen.data.video import read_frames
-from survgen.io import write_json_atomic, write_text_atomic
+from survgen.io import output_folder, write_json_atomic, write_text_atomic
 from survgen.training.classifier import ClassifierStageConfig, load_classifier, train_classifier
 from survgen.training.loop import TrainConfig
 
@@ -318,14 +319,12 @@ def _request(real: Path, test: Path | None, synthetic: list[Path], cfg: Downstre
 
 def _open(out: Path, request: dict) -> None:
     path = out / RESULTS
-    if path.exists():
+    if output_folder(out, option="--report", marker=RESULTS):
         old = json.loads(path.read_text()).get("request")
         if old != request:
             changed = sorted(k for k in set(old or {}) | set(request) if (old or {}).get(k) != request.get(k))
             raise DownstreamError(f"{out}: holds a downstream test with other options (differs in: "
                                   f"{', '.join(changed)}); re-run the same command to continue it, or choose a new --report")
-    elif out.exists() and any(out.iterdir()):
-        raise DownstreamError(f"{out}: folder is not empty and holds no {RESULTS}; choose a new --report")
 
 
 def generator_saw_test(synthetic: Path, test_videos: list[Path]) -> str | None:
@@ -350,15 +349,12 @@ def generator_saw_test(synthetic: Path, test_videos: list[Path]) -> str | None:
 def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Path, cfg: DownstreamConfig, *,
                    test: str | Path | None = None, progress: bool = True) -> dict:
     """Train and score every arm over every seed; returns (and writes to OUT/downstream.json) the results."""
-    from rich.console import Console
-
     cfg.check()
     real, out = Path(real), Path(out)
     synthetic = [Path(s) for s in synthetic]
     test = Path(test) if test is not None else None
     request = _request(real, test, synthetic, cfg)
     _open(out, request)
-    console = Console(stderr=True)
     clf = cfg.classifier
     real_index = build_index(real, clip_length=clf.clip_length, clip_fps=clf.clip_fps)
     vocabulary = real_index.vocabulary
@@ -399,7 +395,7 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
         "runs": [], "warnings": warnings,
     }
     for w in warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        warn(w)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for arm in arms:
@@ -411,8 +407,8 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
                 record = json.loads(done.read_text())
             else:
                 if progress:
-                    console.print(f"[bold]{arm.name}[/], seed {seed}: training on {len(index)} clips "
-                                  f"({clf.train.steps} steps × {clf.train.batch_size})", highlight=False)
+                    say(f"{arm.name}, seed {seed}: training on {len(index)} clips "
+                        f"({clf.train.steps} steps × {clf.train.batch_size})")
                 run_cfg = dataclasses.replace(clf, train=dataclasses.replace(clf.train, seed=seed))
                 train_classifier(real, folder, run_cfg, resume=(folder / "run.json").exists(), progress=progress,
                                  index=index)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from survgen.console import say
 from survgen.data.datasets import to_pixels
 from survgen.data.index import CLIP_FPS, VideoIndex, build_index
 from survgen.data.video import probe_video, read_frames
@@ -141,8 +142,6 @@ def evaluate_quality(real: str | Path, fake: str | Path, extractors: Extractors,
     Per class of `fake` (against the real clips of that class) and overall (all
     those classes pooled). Returns a JSON-ready dict.
     """
-    from rich.console import Console
-
     cfg = cfg or QualityConfig()
     cfg.check()
     real, fake = Path(real), Path(fake)
@@ -151,7 +150,6 @@ def evaluate_quality(real: str | Path, fake: str | Path, extractors: Extractors,
     vocabulary = fake_index.vocabulary
     size = probe_video(fake_index.clips[0].video).height
     rng = random.Random(cfg.seed)
-    console = Console(stderr=True)
     classes = sorted({c.class_id for c in fake_index.clips})
     per_class, real_features, fake_features = {}, [], []
     for class_id in classes:
@@ -163,9 +161,8 @@ def evaluate_quality(real: str | Path, fake: str | Path, extractors: Extractors,
         fake_class = class_features(fake_index, class_id, size, extractors, cfg, rng)
         per_class[code] = compare(real_class, fake_class, cfg)
         if progress:
-            console.print(f"{code}: {per_class[code]['frames']['real']} real vs {per_class[code]['frames']['fake']} "
-                          f"generated frames, {per_class[code]['clips']['real']} vs {per_class[code]['clips']['fake']} "
-                          "clips", highlight=False)
+            say(f"{code}: {per_class[code]['frames']['real']} real vs {per_class[code]['frames']['fake']} "
+                f"generated frames, {per_class[code]['clips']['real']} vs {per_class[code]['clips']['fake']} clips")
         real_features.append(real_class)
         fake_features.append(fake_class)
     if not real_features:

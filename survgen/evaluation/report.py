@@ -29,7 +29,7 @@ from survgen.data.datasets import to_pixels
 from survgen.data.index import build_index
 from survgen.data.stats import class_balance_plot
 from survgen.data.video import read_frames, write_video
-from survgen.io import atomic_path, write_text_atomic
+from survgen.io import PNG_SOFTWARE, atomic_path, write_text_atomic
 from survgen.visualize import grid, save_png, to_uint8
 
 REPORT = "report.md"
@@ -87,7 +87,7 @@ def _figure(width: float, height: float):
 
 def _save(figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
+        figure.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE})
     return path
 
 

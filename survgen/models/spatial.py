@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -54,6 +55,11 @@ class SpatialModel:
     @property
     def vae_downsample(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_multiple(self) -> int:
+        """Frame sizes must be multiples of this: the VAE's downsampling times the U-Net's."""
+        return self.vae_downsample * 2 ** (len(self.unet.config.down_block_types) - 1)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"vae": self.vae, "text_encoder": self.text_encoder, "unet": self.unet}
@@ -226,6 +232,14 @@ def _check_folder(path: Path, parts: tuple[str, ...]) -> None:
         )
 
 
+def check_image_size(size: int, multiple: int) -> None:
+    """Refuse, before any training, a frame size the autoencoder and U-Net cannot halve down evenly."""
+    if size < multiple or size % multiple:
+        near = max(multiple, round(size / multiple) * multiple)
+        raise ValueError(f"--image-size {size}: must be a multiple of {multiple} (the model's downsampling), "
+                         f"e.g. {near}")
+
+
 def load_spatial(path: str | Path, tokenizer_path: str | Path | None = None) -> SpatialModel:
     """Load a spatial model from a local diffusers folder or a single `.safetensors` file.
 
@@ -244,8 +258,8 @@ def load_spatial(path: str | Path, tokenizer_path: str | Path | None = None) -> 
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **common)
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", **common)
         unet = UNet2DConditionModel.from_pretrained(path / "unet", **common)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"{path}: could not load the model folder ({e})") from e
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise ModelLoadError(f"{path}: could not load the model folder ({e}); a file in it is missing or damaged") from None
     scheduler = v_prediction_scheduler()
     if (path / "scheduler" / "scheduler_config.json").exists():
         cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())

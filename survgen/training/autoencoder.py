@@ -18,9 +18,10 @@ from torch import nn
 from survgen.data.datasets import FrameDataset
 from survgen.data.index import CLIP_FPS, build_index
 from survgen.io import atomic_folder
-from survgen.models.spatial import build_tiny
+from survgen.models.spatial import build_tiny, check_image_size
 from survgen.config import config_to_dict
-from survgen.runs import RunInfo, begin_run
+from survgen.runs import RunInfo
+from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.loop import TrainConfig, train
 from survgen.visualize import grid, save_png, to_uint8
 
@@ -43,10 +44,11 @@ def latent_scale(vae, frames: torch.Tensor) -> float:
 def train_autoencoder(data: str | Path, out: str | Path, cfg: AutoencoderStageConfig, *,
                       resume: bool = False, progress: bool = True):
     out = Path(out)
-    begin_run(out, "vae", resume)
+    open_training_run(out, "vae", resume, config_to_dict(cfg), data=data)
     index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps)
     dataset = FrameDataset(index, size=cfg.image_size)
     vae = build_tiny(index.vocabulary, seed=cfg.train.seed).vae
+    check_image_size(cfg.image_size, 2 ** (len(vae.config.block_out_channels) - 1))
     preview = torch.stack([dataset[i]["pixels"] for i in torch.linspace(0, len(dataset) - 1, 8).long().tolist()])
 
     def loss_fn(model, batch, generator):
@@ -67,12 +69,8 @@ def train_autoencoder(data: str | Path, out: str | Path, cfg: AutoencoderStageCo
             model.save_pretrained(tmp, safe_serialization=True)
 
     run = RunInfo(stage="vae", folder=out, options=config_to_dict(cfg), vocabulary=index.vocabulary,
-                  data=str(Path(data).resolve()), extra={"status": "training"})
-    out.mkdir(parents=True, exist_ok=True)
-    run.save()
-    result = train(run_dir=out, model=vae, trainable=dict(vae.named_parameters()), dataset=dataset,
-                   loss_fn=loss_fn, config=cfg.train, on_sample=on_sample, resume=resume,
-                   progress=progress, export=export)
-    run.extra["status"] = "done"
-    run.save()
-    return result
+                  data=str(Path(data).resolve()))
+    with training_run(run, resume):
+        return train(run_dir=out, model=vae, trainable=dict(vae.named_parameters()), dataset=dataset,
+                     loss_fn=loss_fn, config=cfg.train, on_sample=on_sample, resume=resume,
+                     progress=progress, export=export)

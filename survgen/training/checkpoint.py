@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from survgen.io import atomic_folder, atomic_path, write_text_atomic
+from survgen.console import say
+from survgen.io import atomic_folder, atomic_path, safetensors_problem, write_text_atomic
+from survgen.runs import RunInfo, begin_run, check_resume_request, cleared_if_failed
 
 LATEST = "latest"
 
@@ -94,17 +98,39 @@ def write_checkpoint(checkpoints_dir: Path, step: int, *, model: dict, ema: dict
     return checkpoints_dir / name
 
 
-def read_latest_checkpoint(checkpoints_dir: Path) -> Checkpoint | None:
-    """The checkpoint `latest` names, or None when the run has not written one yet."""
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
+
+
+def latest_checkpoint_folder(checkpoints_dir: Path) -> Path | None:
+    """The folder `latest` names, checked whole (every file present and readable) without loading it; None when
+    the run has written no checkpoint yet. A damaged one is reported by file, with the step to fall back to."""
     pointer = checkpoints_dir / LATEST
     if not pointer.exists():
         return None
     folder = checkpoints_dir / pointer.read_text().strip()
-    needed = ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
-    missing = [n for n in needed if not (folder / n).exists()]
-    if missing:
-        raise CheckpointError(f"{folder}: incomplete checkpoint (missing {', '.join(missing)}); "
-                              f"point {pointer} at an older step-* folder to resume from it")
+    problems = [f"{name} missing" for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "rng.safetensors"):
+        if (folder / name).is_file() and (problem := safetensors_problem(folder / name)):
+            problems.append(f"{name} {problem}")
+    if (folder / "state.json").is_file():
+        try:
+            state = json.loads((folder / "state.json").read_text())
+            int(state["step"]), state["param_groups"], state["losses"], state["scheduler"]
+        except (ValueError, KeyError, TypeError) as e:
+            problems.append(f"state.json unreadable ({type(e).__name__}: {e})")
+    if problems:
+        older = sorted(p.name for p in checkpoints_dir.glob("step-*") if p.is_dir() and p.name < folder.name)
+        fallback = (f"to resume from the step before, write {older[-1]} into {pointer}" if older else
+                    "no older checkpoint is left: start a new run with another --out")
+        raise CheckpointError(f"{folder}: damaged checkpoint ({'; '.join(problems)}); {fallback}")
+    return folder
+
+
+def read_latest_checkpoint(checkpoints_dir: Path) -> Checkpoint | None:
+    """The checkpoint `latest` names, or None when the run has not written one yet."""
+    folder = latest_checkpoint_folder(checkpoints_dir)
+    if folder is None:
+        return None
     state = json.loads((folder / "state.json").read_text())
     ema_path = folder / "ema.safetensors"
     return Checkpoint(
@@ -116,3 +142,39 @@ def read_latest_checkpoint(checkpoints_dir: Path) -> Checkpoint | None:
         rng=load_file(folder / "rng.safetensors"),
         state=state,
     )
+
+
+def check_resumable(run: RunInfo) -> Path | None:
+    """Before anything is written: the checkpoint `--resume` of `run` will continue from, or None
+    when the run wrote none yet. A finished run without checkpoints is refused, never trained over."""
+    folder = latest_checkpoint_folder(run.folder / "checkpoints")
+    if folder is None and (run.extra.get("status") == "done" or run.model_dir.exists()):
+        raise CheckpointError(f"{run.folder}: the run has a trained model but no checkpoint to resume from "
+                              f"(checkpoints/{LATEST} is missing); its model in {run.model_dir} is left as it is: "
+                              "to train further, start a new run with another --out")
+    return folder
+
+
+def open_training_run(out: Path, stage: str, resume: bool, options: dict, *, data: str | Path,
+                      parent: str | Path | None = None) -> None:
+    """Every check a training command makes before it writes anything: `out` may take a new run, or on --resume
+    holds a `stage` run of the same request (options, data, parent) with a checkpoint that can be read."""
+    stored = begin_run(out, stage, resume)
+    if stored is not None:
+        notes = check_resume_request(stored, options, data=data, parent=parent)
+        check_resumable(stored)
+        for note in notes:
+            say(note)
+
+
+@contextmanager
+def training_run(run: RunInfo, resume: bool) -> Iterator[None]:
+    """run.json says `training` while the block runs and `done` after it; a new run that fails before its first
+    checkpoint leaves nothing behind."""
+    with cleared_if_failed(run.folder, resume):
+        run.folder.mkdir(parents=True, exist_ok=True)
+        run.extra["status"] = "training"
+        run.save()
+        yield
+    run.extra["status"] = "done"
+    run.save()

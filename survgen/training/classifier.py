@@ -28,19 +28,18 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Subset
 
 from survgen.classes import ClassVocabulary
+from survgen.console import say
 from survgen.config import config_to_dict
 from survgen.data.datasets import ClipDataset, to_pixels
 from survgen.data.index import CLIP_FPS, VideoIndex, build_index
 from survgen.data.video import probe_video, read_frames
-from survgen.io import atomic_folder, atomic_path
+from survgen.io import atomic_folder, atomic_path, load_safetensors
 from survgen.models.classifier import CLASSIFIER_PRESETS, ClassifierConfig, VideoClassifier
-from survgen.runs import RunFolderError, RunInfo, begin_run, read_run
-from survgen.training.checkpoint import save_safetensors_atomic
+from survgen.runs import RunFolderError, RunInfo, read_run
+from survgen.training.checkpoint import open_training_run, save_safetensors_atomic, training_run
 from survgen.training.loop import TrainConfig, TrainResult, loader_workers, train
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
@@ -200,15 +199,14 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
     names the real dataset in run.json.
     """
     out = Path(out)
-    begin_run(out, "classifier", resume)
+    open_training_run(out, "classifier", resume, config_to_dict(cfg), data=data)
     if index is None:
         index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps)
     vocabulary = index.vocabulary
     train_index, val_index = index.split_by_video(cfg.val_fraction, seed=cfg.split_seed)
     model_config = cfg.model_config(len(vocabulary))
-    console = Console(stderr=True)
     if progress and len(val_index) == 0 and cfg.val_fraction > 0:
-        console.print(f"{data}: no recording held out for validation (val_fraction {cfg.val_fraction}, "
+        say(f"{data}: no recording held out for validation (val_fraction {cfg.val_fraction}, "
                       f"{len(index.video_ids())} recording(s)); validation accuracy will not be measured")
 
     # The initial weights are part of the run's seed; the caller's global RNG is left as it was.
@@ -235,7 +233,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
                                            num_workers=loader_workers(cfg.train.num_workers))}
         _append_validation(out, record)
         if progress:
-            console.print(_summary(record), highlight=False, soft_wrap=True)
+            say(_summary(record))
 
     def export(model: VideoClassifier):
         save_classifier(model, out / "model")
@@ -245,20 +243,17 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
 
     run = RunInfo(stage="classifier", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
                   data=str(Path(data).resolve()),
-                  extra={"status": "training", "model": model_config.to_dict(),
+                  extra={"model": model_config.to_dict(),
                          "split": {"train": train_index.video_ids(), "validation": val_index.video_ids()},
                          "clips": {"train": codes(counts), "validation": codes(val_index.class_counts())},
                          "class_weights": (codes({c: round(float(w), 4) for c, w in enumerate(weights)})
                                            if weights is not None else None)})
-    out.mkdir(parents=True, exist_ok=True)
-    run.save()
-    result = train(run_dir=out, model=model, trainable=dict(model.named_parameters()), dataset=dataset,
-                   loss_fn=loss_fn, config=cfg.train, on_sample=on_sample if val_set is not None else None,
-                   export=export, resume=resume, progress=progress)
-    history = read_validation(out)
-    run.extra["validation"] = {k: v for k, v in history[-1].items() if k != "confusion"} if history else None
-    run.extra["status"] = "done"
-    run.save()
+    with training_run(run, resume):
+        result = train(run_dir=out, model=model, trainable=dict(model.named_parameters()), dataset=dataset,
+                       loss_fn=loss_fn, config=cfg.train, on_sample=on_sample if val_set is not None else None,
+                       export=export, resume=resume, progress=progress)
+        history = read_validation(out)
+        run.extra["validation"] = {k: v for k, v in history[-1].items() if k != "confusion"} if history else None
     result.extra["validation"] = history[-1] if history else None
     return result
 
@@ -279,7 +274,7 @@ def load_classifier(run_folder: str | Path, device: str | torch.device = "cpu"
                              "finish the run with `survgen train-classifier --out RUN --resume`")
     model = VideoClassifier(ClassifierConfig.from_dict(json.loads(config_path.read_text())))
     try:
-        model.load_state_dict(load_file(weights))
+        model.load_state_dict(load_safetensors(weights, "train the classifier again (survgen train-classifier)"))
     except RuntimeError as e:
         raise RunFolderError(f"{weights}: weights do not match {config_path} ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), run.vocabulary, run

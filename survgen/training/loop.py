@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from survgen.io import atomic_path
+from survgen.console import say, stderr
+from survgen.io import PNG_SOFTWARE, atomic_path
 from survgen.training.checkpoint import CheckpointError, read_latest_checkpoint, write_checkpoint
 
 MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
@@ -232,7 +232,7 @@ class MetricsLog:
         ax.legend()
         fig.tight_layout()
         with atomic_path(self.plot_path) as tmp:
-            fig.savefig(tmp, format="png")
+            fig.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE})
         plt.close(fig)
 
 
@@ -241,7 +241,7 @@ def _progress_bar(enabled: bool, console):
                                TimeRemainingColumn)
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         console=console, disable=not enabled,
@@ -287,13 +287,15 @@ def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Para
     if resume:
         checkpoint = read_latest_checkpoint(checkpoints_dir)
         if checkpoint is None:
-            accelerator.print(f"{run_dir}: no checkpoint yet, starting from step 0")
+            if accelerator.is_main_process:
+                say(f"{run_dir}: no checkpoint yet, starting from step 0")
         else:
             restore(checkpoint, trainable, optimizer, scheduler, ema)
             step, losses, last_checkpoint = checkpoint.step, checkpoint.state["losses"], checkpoint.folder
             if accelerator.is_main_process:
                 metrics.truncate(step)
-            accelerator.print(f"resuming {run_dir} from step {step}")
+            if accelerator.is_main_process:
+                say(f"resuming {run_dir} from step {step}")
 
     def save_checkpoint() -> Path:
         folder = checkpoints_dir / f"step-{step:06d}"
@@ -338,7 +340,7 @@ def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Para
     ))
     model.train()
     started, started_step = time.perf_counter(), step
-    console = Console(stderr=True)
+    console = stderr
     show = progress and accelerator.is_main_process
     # In a log file (no terminal) a live bar cannot redraw: print a plain line every 5 % instead.
     plain_every = None if console.is_terminal else max(1, config.steps // 20)
@@ -376,8 +378,8 @@ def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Para
             bar.update(task, completed=step, loss=f"{loss_value:.4f}", rate=f"{rate:.2f}")
             if show and plain_every and (step % plain_every == 0 or step == config.steps):
                 eta = (config.steps - step) / rate if rate > 0 else float("nan")
-                console.print(f"{run_dir.name}: step {step}/{config.steps}  loss {loss_value:.4f}  "
-                              f"{rate:.2f} it/s  ETA {eta:.0f} s", highlight=False)
+                say(f"{run_dir.name}: step {step}/{config.steps}  loss {loss_value:.4f}  "
+                    f"{rate:.2f} it/s  ETA {eta:.0f} s")
             if accelerator.is_main_process and (step % config.log_every == 0 or step == config.steps):
                 metrics.append({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                                 "it_per_s": round(rate, 3)})

@@ -21,10 +21,11 @@ from survgen.data.datasets import FrameDataset
 from survgen.data.index import CLIP_FPS, build_index
 from survgen.data.latent_cache import CachedFrameDataset, open_latent_cache
 from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction, sample_latents
-from survgen.models.spatial import SpatialModel, build_spatial, load_spatial, save_spatial
+from survgen.models.spatial import SpatialModel, build_spatial, check_image_size, load_spatial, save_spatial
 from survgen.models.video_models import NATIVE_IMAGE_SIZE
 from survgen.config import config_to_dict
-from survgen.runs import RunInfo, begin_run, read_run
+from survgen.runs import RunInfo, read_run
+from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.loop import TrainConfig, train
 from survgen.training.previews import write_image_samples
 
@@ -80,11 +81,12 @@ def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *,
                   progress: bool = True):
     """Run stage 1 into the run folder `out`; returns the training result."""
     out = Path(out)
-    begin_run(out, "spatial", resume)
     cfg = dataclasses.replace(cfg, image_size=cfg.image_size or NATIVE_IMAGE_SIZE.get(cfg.preset))  # stored resolved
+    open_training_run(out, "spatial", resume, config_to_dict(cfg), data=data)
     index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps)
     vocabulary = index.vocabulary
     spatial = starting_model(cfg, vocabulary)
+    check_image_size(cfg.image_size, spatial.image_multiple)
     frames = (CachedFrameDataset(index, open_latent_cache(cfg.cache, spatial.vae, cfg.image_size)) if cfg.cache
               else FrameDataset(index, size=cfg.image_size))
     train_text = cfg.train_text_encoder if cfg.train_text_encoder is not None else cfg.preset == "tiny"
@@ -114,16 +116,12 @@ def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *,
                             steps=cfg.sample_steps, guidance=cfg.sample_guidance, seed=cfg.train.seed)
 
     run = RunInfo(stage="spatial", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
-                  data=str(Path(data).resolve()), parent=cfg.pretrained or cfg.vae, extra={"status": "training"})
-    out.mkdir(parents=True, exist_ok=True)
-    run.save()
-    result = train(run_dir=out, model=model, trainable=trainable,
-                   dataset=frames, loss_fn=loss_fn, config=cfg.train,
-                   on_sample=on_sample, resume=resume, progress=progress,
-                   export=lambda model: save_spatial(spatial, out / "model"))
-    run.extra["status"] = "done"
-    run.save()
-    return result
+                  data=str(Path(data).resolve()), parent=cfg.pretrained or cfg.vae)
+    with training_run(run, resume):
+        return train(run_dir=out, model=model, trainable=trainable,
+                     dataset=frames, loss_fn=loss_fn, config=cfg.train,
+                     on_sample=on_sample, resume=resume, progress=progress,
+                     export=lambda model: save_spatial(spatial, out / "model"))
 
 
 def load_cache_vae(*, spatial: str | Path | None = None, vae: str | Path | None = None):

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from survgen.config import config_to_dict
@@ -32,14 +31,14 @@ from survgen.data.datasets import ClipDataset
 from survgen.data.index import CLIP_FPS, build_index
 from survgen.data.latent_cache import CachedClipDataset, open_latent_cache
 from survgen.diffusion.objective import dropped_conditions, noise_for_v_prediction, sample_latents
-from survgen.io import atomic_folder
+from survgen.io import atomic_folder, load_safetensors
 from survgen.models.dino_prior import PRIOR_WEIGHT, DinoPrior
-from survgen.models.spatial import SpatialModel, check_v_prediction
+from survgen.models.spatial import SpatialModel, check_image_size, check_v_prediction
 from survgen.models.video_models import (VideoModel, arch_of, build_video_model, check_arch, video_model_config,
                                          video_model_from_config)
 from survgen.models.video_unet import TEMPORAL_PRESETS, VideoUNet
-from survgen.runs import RunInfo, begin_run, read_run
-from survgen.training.checkpoint import save_safetensors_atomic
+from survgen.runs import RunInfo, read_run
+from survgen.training.checkpoint import open_training_run, save_safetensors_atomic, training_run
 from survgen.training.loop import TrainConfig, resolve_mixed_precision, train
 from survgen.training.previews import write_video_samples
 from survgen.training.stage1 import load_spatial_run
@@ -128,7 +127,7 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     """Run stage 2 for `cfg.classes` into the run folder `out`."""
     cfg.check()
     out = Path(out)
-    begin_run(out, "temporal", resume)
+    open_training_run(out, "temporal", resume, config_to_dict(cfg), data=data, parent=spatial_path)
     if not (Path(spatial_path) / "run.json").exists():
         check_v_prediction(spatial_path)
     spatial, spatial_run = load_spatial_run(spatial_path)
@@ -143,9 +142,7 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     # default: the frame size stage 1 trained at (SD 1.5's U-Net config says 512 px even when fine-tuned at 256)
     image_size = (cfg.image_size or (spatial_run.options.get("image_size") if spatial_run else None)
                   or spatial.unet.config.sample_size * spatial.vae_downsample)
-    if image_size % spatial.vae_downsample:
-        raise ValueError(f"--image-size {image_size} is not a multiple of the VAE's downsampling "
-                         f"({spatial.vae_downsample})")
+    check_image_size(image_size, spatial.image_multiple)
     dataset = (CachedClipDataset(clips, open_latent_cache(cfg.cache, spatial.vae, image_size)) if cfg.cache
                else ClipDataset(clips, size=image_size))
     temporal = dataclasses.replace(
@@ -177,16 +174,13 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
 
     run = RunInfo(stage="temporal", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
                   data=str(Path(data).resolve()), parent=str(Path(spatial_path).resolve()),
-                  extra={"classes": [vocabulary.code(i) for i in class_ids], "arch": cfg.arch, "status": "training"})
-    out.mkdir(parents=True, exist_ok=True)
-    run.save()
-    result = train(run_dir=out, model=model, trainable=model.trainable_parameters(),
-                   dataset=dataset, loss_fn=loss_fn, config=cfg.train,
-                   on_sample=on_sample, resume=resume, progress=progress, export=export)
-    if not torch.equal(frozen_before, frozen_fingerprint(model)):
-        raise SpatialWeightsChangedError("stage 2 changed a frozen weight; this is a bug, please report it")
-    run.extra["status"] = "done"
-    run.save()
+                  extra={"classes": [vocabulary.code(i) for i in class_ids], "arch": cfg.arch})
+    with training_run(run, resume):
+        result = train(run_dir=out, model=model, trainable=model.trainable_parameters(),
+                       dataset=dataset, loss_fn=loss_fn, config=cfg.train,
+                       on_sample=on_sample, resume=resume, progress=progress, export=export)
+        if not torch.equal(frozen_before, frozen_fingerprint(model)):
+            raise SpatialWeightsChangedError("stage 2 changed a frozen weight; this is a bug, please report it")
     return result
 
 
@@ -232,7 +226,9 @@ def load_video_model(run_folder: str | Path) -> tuple[VideoModel, SpatialModel, 
     run = read_run(run_folder, stage="temporal")
     spatial, _ = load_spatial_run(run.parent_path)
     video_model = video_model_from_config(json.loads((run.model_dir / TEMPORAL_CONFIG).read_text()), spatial)
-    missing, unexpected = video_model.load_state_dict(load_file(run.model_dir / TEMPORAL_WEIGHTS), strict=False)
+    missing, unexpected = video_model.load_state_dict(
+        load_safetensors(run.model_dir / TEMPORAL_WEIGHTS, f"train the run again, or resume it from its checkpoints: survgen train-temporal --out {run.folder} --resume"),
+        strict=False)
     if isinstance(video_model, VideoUNet):  # the frozen U-Net comes from the spatial model, not this file
         missing = [k for k in missing if not k.startswith("unet.")]
     if missing or unexpected:
