@@ -258,7 +258,7 @@ def training_memory(preset: str, *, batch_size: int = 1, image_size: int | None 
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(NATIVE_IMAGE_SIZE)}")
     if mixed_precision not in DTYPES:
         raise ValueError(f"mixed precision {mixed_precision!r}: choose one of {', '.join(DTYPES)}")
-    image_size = image_size or NATIVE_IMAGE_SIZE[preset]
+    image_size = NATIVE_IMAGE_SIZE[preset] if image_size is None else image_size
     shape = dict(batch_size=batch_size, image_size=image_size, mixed_precision=mixed_precision)
     return {"preset": preset, **shape, "assumptions": ASSUMPTIONS,
             "spatial": spatial_stage_memory(preset, **shape),

@@ -81,7 +81,8 @@ def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *,
                   progress: bool = True):
     """Run stage 1 into the run folder `out`; returns the training result."""
     out = Path(out)
-    cfg = dataclasses.replace(cfg, image_size=cfg.image_size or NATIVE_IMAGE_SIZE.get(cfg.preset))  # stored resolved
+    if cfg.image_size is None:  # stored resolved
+        cfg = dataclasses.replace(cfg, image_size=NATIVE_IMAGE_SIZE.get(cfg.preset))
     open_training_run(out, "spatial", resume, config_to_dict(cfg), data=data)
     index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps)
     vocabulary = index.vocabulary

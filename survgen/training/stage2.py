@@ -140,8 +140,9 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
         raise ValueError(f"{data}: no {cfg.clip_length}-frame clips of class(es) {', '.join(cfg.classes)}")
     preset = spatial_run.options.get("preset", "sd15") if spatial_run else "sd15"
     # default: the frame size stage 1 trained at (SD 1.5's U-Net config says 512 px even when fine-tuned at 256)
-    image_size = (cfg.image_size or (spatial_run.options.get("image_size") if spatial_run else None)
-                  or spatial.unet.config.sample_size * spatial.vae_downsample)
+    image_size = cfg.image_size if cfg.image_size is not None else (
+        (spatial_run.options.get("image_size") if spatial_run else None)
+        or spatial.unet.config.sample_size * spatial.vae_downsample)
     check_image_size(image_size, spatial.image_multiple)
     dataset = (CachedClipDataset(clips, open_latent_cache(cfg.cache, spatial.vae, image_size)) if cfg.cache
                else ClipDataset(clips, size=image_size))
