@@ -2,15 +2,17 @@
 
 import csv
 import json
-from types import SimpleNamespace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from survgen.classes import ClassVocabulary
 from survgen.data.index import build_index
-from survgen.generation.run import GenerationConfig, GenerationError, accepted, candidate_seed, generate
+from survgen.generation.candidates import accepted, candidate_seed
+from survgen.generation.run import GenerationConfig, GenerationError, generate
 from survgen.generation.sampler import VideoSampler
 from survgen.models.classifier import ClassifierConfig
 from survgen.training.stage2 import load_video_model
@@ -19,11 +21,11 @@ G0, G3, G7 = 0, 3, 7
 
 
 class ScriptedClassifier(nn.Module):
-    """A stand-in judge with known outputs: call k ranks `rankings[k % len]` (most probable first)."""
+    """A stand-in judge with known outputs: call k (batch k) ranks `rankings[k % len]` (most probable first)."""
 
-    def __init__(self, *rankings, stop_at_call=None):
+    def __init__(self, *rankings, stop_at_call=None, clip_length=16):
         super().__init__()
-        self.config = ClassifierConfig(image_size=32, clip_length=16)
+        self.config = ClassifierConfig(image_size=32, clip_length=clip_length)
         self.rankings, self.stop_at_call, self.calls, self.shapes = rankings, stop_at_call, 0, []
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives the judge a device
 
@@ -66,7 +68,7 @@ def test_each_video_depends_only_on_its_seed(video_model):
     again = sampler.sample([G7], [12], steps=2, num_frames=8)
     assert pair.shape == (2, 8, 3, 64, 64) and pair.min() >= -1 and pair.max() <= 1
     assert torch.equal(alone, again)
-    torch.testing.assert_close(pair[1], alone[0], atol=1e-4, rtol=0)  # batch-mates do not matter
+    torch.testing.assert_close(pair[1], alone[0], atol=1e-4, rtol=0)  # batch-mates: float rounding only
     assert (pair[0] - pair[1]).abs().mean() > 1e-3
     dpm = sampler.sample([G7], [12], steps=2, num_frames=8, sampler="dpm++")
     assert not torch.equal(dpm, alone)
@@ -108,8 +110,8 @@ def test_no_rejection_keeps_every_video(video_model, temporal_run, tmp_path):
 
 def test_an_interrupted_run_resumes_to_exactly_n_videos_with_no_seed_twice(video_model, temporal_run, tmp_path):
     out = tmp_path / "gen"
-    alternate = ([G7, G3], [G3, G0])
-    with pytest.raises(KeyboardInterrupt):
+    alternate = ([G7, G3], [G3, G0])  # every other batch is recognised
+    with pytest.raises(KeyboardInterrupt):  # killed while judging the third batch
         run(video_model, temporal_run, out, ScriptedClassifier(*alternate, stop_at_call=2), n=4, reject_topk=1)
     before = json.loads((out / "manifest.json").read_text())["videos"]
     assert len(before) == 4  # two finished batches of two survive the kill
@@ -142,6 +144,83 @@ def test_bad_requests_are_refused_before_any_work(video_model, temporal_run, tmp
     (tmp_path / "c" / "notes.txt").write_text("mine")
     with pytest.raises(GenerationError, match="not empty"):
         run(video_model, temporal_run, tmp_path / "c", judge)
+    (tmp_path / "d").write_text("a file")
+    with pytest.raises(GenerationError, match="--out .*d: is a file"):
+        run(video_model, temporal_run, tmp_path / "d", judge)
+    assert (tmp_path / "c" / "notes.txt").read_text() == "mine" and (tmp_path / "d").read_text() == "a file"
+
+
+def labels(out):
+    return [row["video"] for row in csv.DictReader((out / "labels.csv").open())]
+
+
+def test_a_rerun_remakes_lost_and_damaged_videos_bit_for_bit(video_model, temporal_run, tmp_path, capsys):
+    from survgen.data.video import probe_video, read_frames
+
+    out = tmp_path / "gen"
+    options = dict(reject_topk=0, n=3, num_frames=8, gif=True)
+    first = run(video_model, temporal_run, out, **options)
+    files = [v["file"] for v in first["videos"]]
+    originals = {f: (out / f).read_bytes() for f in files}
+    frames = {f: read_frames(out / f, range(8)) for f in files}
+    (out / files[0]).unlink()  # deleted
+    (out / files[1]).write_bytes(b"")  # emptied
+    gif = (out / files[2]).with_suffix(".gif")
+    gif_bytes = gif.read_bytes()
+    gif.write_bytes(gif_bytes[: len(gif_bytes) // 3])  # cut short
+    capsys.readouterr()
+
+    again = run(video_model, temporal_run, out, **options)
+    err = capsys.readouterr().err
+    assert "3 of the 6 video files listed in manifest.json are missing or damaged" in err
+    assert f"{files[0]} (missing)" in err and f"{files[1]} (empty (0 bytes))" in err
+    assert f"{Path(files[2]).with_suffix('.gif')} (not a readable GIF" in err
+    assert "regenerated 3 video(s) from their seeds" in err
+    assert again["videos"] == first["videos"]  # same verdicts, same files: nothing new was needed
+    for f in files:
+        assert probe_video(out / f).num_frames == 8
+        np.testing.assert_array_equal(read_frames(out / f, range(8)), frames[f])
+        assert (out / f).read_bytes() == originals[f]  # the same bytes, not only the same frames
+    assert gif.read_bytes() == gif_bytes
+    assert labels(out) == files and sorted((out / "videos").glob("*.mp4")) == sorted(out / f for f in files)
+
+    capsys.readouterr()
+    run(video_model, temporal_run, out, **options)  # all whole now: nothing redone, nothing said
+    assert "regenerat" not in capsys.readouterr().err
+
+
+def test_a_remade_video_the_classifier_now_rejects_is_replaced_by_a_new_candidate(video_model, temporal_run,
+                                                                                  tmp_path, capsys):
+    out = tmp_path / "gen"
+    options = dict(reject_topk=1, n=2, num_frames=8)
+    first = run(video_model, temporal_run, out, ScriptedClassifier([G7, G3], clip_length=8), **options)
+    files = [v["file"] for v in first["videos"]]
+    assert [v["accepted"] for v in first["videos"]] == [True, True]
+    (out / files[0]).write_bytes(b"")
+    capsys.readouterr()
+
+    # this time the remade batch is not recognised (only video 0 of it is rewritten), the next batch is
+    again = run(video_model, temporal_run, out, ScriptedClassifier([G3, G0], [G7, G3], clip_length=8), **options)
+    err = capsys.readouterr().err
+    assert "regenerated 1 video(s)" in err and "another verdict" in err and "G7_00000 (rejected)" in err
+    videos = again["videos"]
+    assert [(v["candidate"], v["accepted"]) for v in videos] == [(0, False), (1, True), (2, True)]
+    assert videos[0]["file"] is None and videos[0]["classifier_topk"][0]["class"] == "G3"
+    assert not (out / files[0]).exists()  # the damaged copy of a video no longer kept is gone
+    assert labels(out) == [files[1], videos[2]["file"]]
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["G7_00001.mp4", "G7_00002.mp4"]
+    assert again["summary"]["per_class"]["G7"]["accepted"] == 2
+
+
+def test_a_class_the_model_never_trained_on_is_warned_about(video_model, temporal_run, tmp_path, capsys):
+    from survgen.generation.run import warn_unseen_classes
+
+    run(video_model, temporal_run, tmp_path / "gen", classes=["G3"], reject_topk=0, n=1, num_frames=4, steps=1)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning:" in err and "trained on G7 only" in err and "class embedding for G3 never saw a clip" in err
+    assert "survgen train-temporal" in err and "--class G3" in err
+    assert warn_unseen_classes(temporal_run, video_model[2], [G7]) == []  # a trained class: no warning
+    assert capsys.readouterr().err == ""
 
 
 def test_a_classifier_of_other_classes_is_refused(video_model, temporal_run, tmp_path):

@@ -396,7 +396,10 @@ def _write_with_pyav(tmp: Path, frames: np.ndarray, fps: float, container_format
     if container_format == "avi":
         codec, pix_fmt, options = "mjpeg", "yuvj444p", {}
     elif "libx264" in av.codecs_available:
-        codec, pix_fmt, options = "libx264", "yuv420p", {"crf": "18", "preset": "medium"}
+        # Without macroblock-tree rate control: with it, libx264 read uninitialised memory at most frame widths
+        # (64, 80, 96, 112, 144-240 px measured), and the same frames encoded to files whose decoded pixels
+        # differed by up to 23/255 from one encode to the next. Files are ~12 % larger at CRF 18, PSNR no lower.
+        codec, pix_fmt, options = "libx264", "yuv420p", {"crf": "18", "preset": "medium", "x264-params": "no-mbtree=1"}
     else:
         codec, pix_fmt, options = "mpeg4", "yuv420p", {}
     # The temp file's name ends in .tmp, so the container format is named explicitly.
@@ -408,6 +411,8 @@ def _write_with_pyav(tmp: Path, frames: np.ndarray, fps: float, container_format
             stream.codec_context.qmin, stream.codec_context.qmax = 1, 3  # near-lossless: the data are tiny
         elif codec == "mpeg4":
             stream.codec_context.bit_rate = 8 * frames[0].size * int(round(fps))
+        else:
+            stream.codec_context.thread_count = 1  # the same bytes whatever the core count
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

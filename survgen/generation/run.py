@@ -18,6 +18,17 @@ the real one (`survgen data stats OUT` reads it):
 Resumable: candidate i of class l always has the same seed, the manifest is rewritten
 (atomically) after every batch, and a re-run of the same request continues after the
 last recorded candidate, so a killed run loses at most the batch in flight.
+
+A re-run also checks what is on disk: every video the manifest names (and its GIF with
+--gif) must exist, decode and have its frame count; a missing or damaged one is made
+again in its recorded batch, judged again and written atomically
+(`survgen.generation.candidates`), and labels.csv is rewritten from the files that exist.
+
+Deterministic: the batches are a function of the request and of how many videos are
+accepted so far, a video a function of its seed and batch, and the MP4 encoder a
+function of the frames (`survgen.data.video.write_video`), so the same request on the
+same setup (`sampling_environment`) writes the same bytes, and a video made again
+equals the one it replaces.
 """
 
 from __future__ import annotations
@@ -35,13 +46,16 @@ import torch
 import torch.nn.functional as F
 
 from survgen.classes import ClassVocabulary
+from survgen.console import say, stderr, warn
 from survgen.data.index import CLIP_FPS
+from survgen.generation.candidates import Candidates, video_files, video_problem
 from survgen.generation.sampler import VideoSampler, check_sampling_options
-from survgen.io import write_json_atomic, write_text_atomic
-from survgen.visualize import grid, save_png, to_uint8
+from survgen.io import OutputPathError, output_folder, write_json_atomic, write_text_atomic
+from survgen.visualize import grid, save_png
 
 MANIFEST = "manifest.json"
 CONTACT_SHEET_ROWS = 4  # accepted and rejected videos each
+LISTED = 5  # files named in a message before "and N more"
 
 
 class GenerationError(ValueError):
@@ -92,19 +106,6 @@ class GenerationConfig:
         return self.max_candidates if self.max_candidates is not None else 20 * self.n
 
 
-def candidate_seed(seed: int, class_id: int, candidate: int) -> int:
-    """The seed of candidate `candidate` of class `class_id`: fixed, so a resumed run continues the sequence."""
-    digest = hashlib.sha256(f"survgen-generate:{seed}:{class_id}:{candidate}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % 2**63
-
-
-def accepted(probabilities: torch.Tensor, class_id: int, topk: int) -> bool:
-    """The rejection rule: is `class_id` among the `topk` most probable classes?"""
-    if topk <= 0:
-        return True
-    return class_id in probabilities.topk(min(topk, probabilities.numel())).indices.tolist()
-
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -140,6 +141,11 @@ class Judge:
         return self.classifier(x[:, : self.span : self.stride]).float().softmax(-1).cpu()
 
 
+def _listing(items: list[str]) -> str:
+    more = len(items) - LISTED
+    return ", ".join(items[:LISTED]) + (f" and {more} more" if more > 0 else "")
+
+
 def model_fingerprint(model_run: Path, spatial_dir: Path, arch: str) -> dict:
     """Hashes of the weights a video came from, for the manifest."""
     temporal = model_run / "model" / "temporal.safetensors"
@@ -153,11 +159,26 @@ def _request(cfg: GenerationConfig, model: Path, classifier: Path | None) -> dic
             "classifier": str(Path(classifier).resolve()) if classifier else None}
 
 
+def _check_output(out: Path) -> bool:
+    """Refuse, before any work, an --out that is a file, a folder of something else, or not writable;
+    True when it holds a generation (a manifest) to continue."""
+    try:
+        return output_folder(out, option="--out", marker=MANIFEST)
+    except OutputPathError as e:
+        raise GenerationError(str(e)) from None
+
+
 def _open_output(out: Path, request: dict) -> dict | None:
     """The manifest to continue, or None for a new folder; refuse a folder holding something else."""
     manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+    if _check_output(out):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("videos"), list):
+                raise ValueError("not a generation manifest")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise GenerationError(f"{manifest_path}: unreadable ({e}); it was edited or damaged: restore it, or "
+                                  "choose a new --out") from None
         if manifest.get("request") != request:
             old = manifest.get("request", {})
             changed = sorted(k for k in set(old.get("config", {})) | set(request["config"])
@@ -168,93 +189,145 @@ def _open_output(out: Path, request: dict) -> dict | None:
                 "re-run the same command to continue it, or choose a new --out"
             )
         return manifest
-    if out.exists() and any(out.iterdir()):
-        raise GenerationError(f"{out}: folder is not empty and holds no {MANIFEST}; choose a new --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise GenerationError(f"{out}: cannot write there ({e.strerror}); choose another --out") from None
+    out.mkdir(parents=True, exist_ok=True)
     return None
 
 
 def _write_dataset_files(out: Path, videos: list[dict], vocabulary: ClassVocabulary, num_frames: int) -> None:
+    """labels.csv: every accepted video whose file is there (a lost one is regenerated before this is written)."""
     rows = io.StringIO()
     writer = csv.writer(rows)
     writer.writerow(["video", "start_frame", "end_frame", "class"])
     for v in videos:
-        if v["accepted"]:
+        if v["accepted"] and v.get("file") and (out / v["file"]).is_file():
             writer.writerow([v["file"], 0, num_frames, v["class_id"]])
     write_text_atomic(out / "labels.csv", rows.getvalue())
     vocabulary.save(out)
+
+
+def sampling_environment(device: torch.device) -> dict:
+    """What a video's bits depend on besides the request: device, torch, CPU threads, attention backend."""
+    from survgen.kernels import BackendUnavailableError, select_backend
+
+    device = torch.device(device)
+    try:
+        attention = select_backend(torch.empty(1, 1, 1, 1, device=device)).name
+    except BackendUnavailableError:
+        attention = None
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "attention_backend": attention}
+
+
+def warn_unseen_classes(model: Path, run, class_ids: list[int]) -> list[str]:
+    """Warn when a requested class is not one the stage-2 run trained on (its run.json "classes"); returns them."""
+    vocabulary = run.vocabulary
+    trained = run.extra.get("classes")
+    if not isinstance(trained, list) or not trained:
+        return []  # a run that does not say: nothing to compare
+    trained_ids = set()
+    for code in trained:
+        try:
+            trained_ids.add(vocabulary.resolve(code))
+        except (KeyError, ValueError):
+            pass
+    unseen = [vocabulary.code(c) for c in dict.fromkeys(class_ids) if c not in trained_ids]
+    if unseen:
+        these = "that class" if len(unseen) == 1 else "those classes"
+        warn(f"{model}: trained on {', '.join(map(str, trained))} only; its class embedding for "
+             f"{', '.join(unseen)} never saw a clip of {these}, so their videos come from an untrained embedding; train a stage-2 "
+             f"run on it (survgen train-temporal --data DIR --spatial RUN "
+             f"{' '.join('--class ' + c for c in unseen)} --out RUN) and pass --model RUN")
+    return unseen
 
 
 def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, classifier: str | Path | None = None,
              progress: bool = True, loaded=None) -> dict:
     """Generate until `cfg.n` videos per class are accepted (or the candidate cap is hit); returns the manifest.
 
-    `loaded` may pass in already-loaded `(video_model, spatial, run)` and `(classifier, vocabulary)` to skip loading.
+    A folder with a manifest of the same request is continued: videos it lists that are missing or damaged on
+    disk are made again first. `loaded` may pass in already-loaded `(video_model, spatial, run)` and
+    `(classifier, vocabulary)` to skip loading.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from survgen.data.video import write_video
-    from survgen.models.video_models import arch_of
-    from survgen.training.stage1 import spatial_model_dir
-    from survgen.training.stage2 import load_video_model
-
     cfg.check()
     model, out = Path(model), Path(out)
     if cfg.reject_topk > 0 and classifier is None:
         raise GenerationError("rejection sampling needs --classifier RUN (a `survgen train-classifier` run); "
                               "or pass --reject-topk 0 to keep every video")
+    _check_output(out)  # a file, a foreign folder or an unwritable place is refused before the models load
+    (video_model, spatial, run), judge, cfg = _load(model, classifier, cfg, loaded)
+    vocabulary = run.vocabulary
+    class_ids = [vocabulary.resolve(c) for c in cfg.classes]
+    warn_unseen_classes(model, run, class_ids)
+
+    request = _request(cfg, model, classifier)
+    manifest = _open_output(out, request)
+    environment = sampling_environment(next(video_model.parameters()).device)
+    if manifest is None:
+        from survgen.models.video_models import arch_of
+        from survgen.training.stage1 import spatial_model_dir
+
+        fingerprint = model_fingerprint(model, spatial_model_dir(run.parent_path), arch_of(video_model))
+        manifest = {"request": request, "model": fingerprint, "environment": environment, "videos": [],
+                    "summary": {}}
+    videos: list[dict] = manifest["videos"]
+    candidates = Candidates(out, cfg, VideoSampler(video_model, spatial, vocabulary), judge, vocabulary)
+
+    def save():
+        _write_dataset_files(out, videos, vocabulary, cfg.num_frames)
+        manifest["summary"] = summarise(videos, class_ids, vocabulary, cfg)
+        write_json_atomic(out / MANIFEST, manifest)
+
+    if videos:
+        if manifest.get("environment") not in (None, environment):
+            _warn_other_setup(out, manifest["environment"], environment)
+        repair(candidates, videos, save)
+    sheet = _generate_classes(candidates, videos, class_ids, save, progress)
+    _write_contact_sheet(out, sheet)  # the dataset files and the manifest are current after every batch
+    return manifest
+
+
+def _load(model: Path, classifier: Path | None, cfg: GenerationConfig, loaded):
+    """The video model (on the GPU when there is one), the judge (None without a classifier), and `cfg` with
+    its frame rate resolved; checks the request against both."""
+    from survgen.training.stage2 import load_video_model
+
     video_model, spatial, run = loaded[0] if loaded else load_video_model(model)
     if not loaded and torch.cuda.is_available():  # loaders give CPU models; sample where it is fast
         video_model.to("cuda")
         spatial.vae.to("cuda")
         spatial.text_encoder.to("cuda")
-    vocabulary = run.vocabulary
-    class_ids = [vocabulary.resolve(c) for c in cfg.classes]
     if cfg.fps is None:
         cfg = dataclasses.replace(cfg, fps=run.options.get("clip_fps") or CLIP_FPS)
-    judge = None
-    if classifier is not None:
-        if loaded and loaded[1] is not None:
-            classifier_model, classifier_vocab = loaded[1]
-        else:
-            from survgen.training.classifier import load_classifier
+    if classifier is None:
+        return (video_model, spatial, run), None, cfg
+    if loaded and loaded[1] is not None:
+        classifier_model, classifier_vocab = loaded[1]
+    else:
+        from survgen.training.classifier import load_classifier
 
-            classifier_model, classifier_vocab, _ = load_classifier(classifier)
-            classifier_model.to(next(video_model.parameters()).device)
-        judge = Judge(classifier_model, classifier_vocab, vocabulary, str(classifier), cfg.fps)
-        if cfg.num_frames < judge.span:
-            raise GenerationError(f"{classifier}: the classifier reads {judge.span}-frame clips; "
-                                  f"generate at least that many (--frames {judge.span})")
-        if cfg.reject_topk > len(vocabulary):
-            raise GenerationError(f"--reject-topk {cfg.reject_topk} is more than the {len(vocabulary)} classes")
+        classifier_model, classifier_vocab, _ = load_classifier(classifier)
+        classifier_model.to(next(video_model.parameters()).device)
+    judge = Judge(classifier_model, classifier_vocab, run.vocabulary, str(classifier), cfg.fps)
+    if cfg.num_frames < judge.span:
+        raise GenerationError(f"{classifier}: the classifier reads {judge.span}-frame clips; "
+                              f"generate at least that many (--frames {judge.span})")
+    if cfg.reject_topk > len(run.vocabulary):
+        raise GenerationError(f"--reject-topk {cfg.reject_topk} is more than the {len(run.vocabulary)} classes")
+    return (video_model, spatial, run), judge, cfg
 
-    request = _request(cfg, model, classifier)
-    manifest = _open_output(out, request)
-    if manifest is None:
-        fingerprint = model_fingerprint(model, spatial_model_dir(run.parent_path), arch_of(video_model))
-        manifest = {"request": request, "model": fingerprint, "videos": [], "summary": {}}
-    videos: list[dict] = manifest["videos"]
-    sampler = VideoSampler(video_model, spatial, vocabulary)
-    console = Console(stderr=True)
-    sheet = {"accepted": [], "rejected": []}  # (frames, label) of this session's first few videos
 
-    def save_manifest():
-        manifest["summary"] = summarise(videos, class_ids, vocabulary, cfg)
-        write_json_atomic(out / MANIFEST, manifest)
+def _generate_classes(candidates: Candidates, videos: list[dict], class_ids: list[int], save, progress: bool) -> dict:
+    """Make candidates, a batch at a time, until each class has n accepted or hits the cap; the contact sheet's
+    rows (frames, label) of this session's first few accepted and rejected videos."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    started = time.perf_counter()
-    made_this_session = 0
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    cfg, vocabulary = candidates.cfg, candidates.vocabulary
+    sheet = {"accepted": [], "rejected": []}
+    started, made_this_session = time.perf_counter(), 0
+    columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                TextColumn("accepted · {task.fields[candidates]} candidates · {task.fields[rate]} kept · "
                           "{task.fields[speed]} videos/s"), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=not progress) as bar:
+    with Progress(*columns, console=stderr, disable=not progress) as bar:
         for class_id in class_ids:
             code = vocabulary.code(class_id)
             mine = [v for v in videos if v["class_id"] == class_id]
@@ -264,50 +337,63 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
             while n_accepted < cfg.n and n_candidates < cfg.candidate_cap:
                 # never more candidates than could still be needed: exactly n are kept, no surplus
                 count = min(cfg.batch_size, cfg.n - n_accepted, cfg.candidate_cap - n_candidates)
-                indices = list(range(n_candidates, n_candidates + count))
-                seeds = [candidate_seed(cfg.seed, class_id, i) for i in indices]
-                clips = sampler.sample([class_id] * count, seeds, num_frames=cfg.num_frames, steps=cfg.steps,
-                                       guidance=cfg.guidance, sampler=cfg.sampler)
-                probs = judge.probabilities(clips) if judge is not None else None
-                frames = to_uint8(clips)  # (b, f, H, W, 3)
-                for j, (i, seed) in enumerate(zip(indices, seeds)):
-                    keep = accepted(probs[j], class_id, cfg.reject_topk) if probs is not None else True
-                    record = {"candidate": i, "class": code, "class_id": class_id,
-                              "class_name": vocabulary.name(class_id), "prompt": vocabulary.prompt(class_id),
-                              "seed": seed, "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance,
-                              "frames": cfg.num_frames, "accepted": keep, "file": None}
-                    if probs is not None:
-                        top = probs[j].topk(min(max(cfg.reject_topk, 3), probs.shape[1]))
-                        record["classifier_topk"] = [{"class": vocabulary.code(int(c)), "probability": round(float(p), 4)}
-                                                     for p, c in zip(top.values, top.indices)]
-                        record["probability_of_class"] = round(float(probs[j, class_id]), 4)
-                    name = f"{code}_{i:05d}"
-                    folder = "videos" if keep else ("rejected" if cfg.keep_rejected else None)
-                    if folder is not None:
-                        record["file"] = f"{folder}/{name}.mp4"
-                        write_video(out / record["file"], frames[j], fps=cfg.fps)
-                        if cfg.gif:
-                            write_video(out / folder / f"{name}.gif", frames[j], fps=cfg.fps)
+                for record, frames in candidates.make(class_id, list(range(n_candidates, n_candidates + count))):
                     videos.append(record)
-                    kind = "accepted" if keep else "rejected"
+                    kind = "accepted" if record["accepted"] else "rejected"
                     if len(sheet[kind]) < CONTACT_SHEET_ROWS:
                         top1 = record.get("classifier_topk", [{}])[0].get("class", "-")
-                        sheet[kind].append((frames[j], f"{name} {'kept' if keep else 'rejected'} (top-1 {top1})"))
-                    n_accepted += keep
+                        label = f"{code}_{record['candidate']:05d} {'kept' if record['accepted'] else 'rejected'}"
+                        sheet[kind].append((frames, f"{label} (top-1 {top1})"))
+                    n_accepted += record["accepted"]
                 n_candidates += count
                 made_this_session += count
-                _write_dataset_files(out, videos, vocabulary, cfg.num_frames)
-                save_manifest()
+                save()
                 speed = made_this_session / (time.perf_counter() - started)
                 bar.update(task, completed=n_accepted, candidates=n_candidates,
                            rate=f"{n_accepted / n_candidates:.0%}", speed=f"{speed:.2f}")
             if n_accepted < cfg.n:
-                console.print(f"[yellow]warning:[/] {code}: only {n_accepted} of {cfg.n} videos accepted after "
-                              f"{n_candidates} candidates (the cap); raise --max-candidates, lower --reject-topk, "
-                              "or train the model longer", highlight=False)
+                warn(f"{code}: only {n_accepted} of {cfg.n} videos accepted after {n_candidates} candidates "
+                     "(the cap); raise --max-candidates, lower --reject-topk, or train the model longer")
+    return sheet
 
-    _write_contact_sheet(out, sheet)  # the dataset files and the manifest are current after every batch
-    return manifest
+
+def repair(candidates: Candidates, videos: list[dict], save) -> None:
+    """Make again, in their recorded batches, the listed videos that are missing or damaged on disk, and
+    rewrite labels.csv and the manifest (`save`) from what exists."""
+    cfg, out = candidates.cfg, candidates.out
+    damaged, reasons = [], []
+    for record in videos:
+        problems = [f"{f} ({why})" for f in video_files(record, cfg.gif)
+                    if (why := video_problem(out / f, record.get("frames", cfg.num_frames), cfg.fps))]
+        if problems:
+            damaged.append(record)
+            reasons += problems
+    if damaged:
+        listed = sum(len(video_files(r, cfg.gif)) for r in videos)
+        say(f"{out}: {len(reasons)} of the {listed} video files listed in {MANIFEST} are missing or damaged: "
+            f"{_listing(reasons)}; making {len(damaged)} video(s) again from their recorded seeds")
+    batches: dict[tuple[int, int], list[dict]] = {}
+    for record in videos:  # a record from before batches were recorded is made again on its own
+        batches.setdefault((record["class_id"], record.get("batch", record["candidate"])), []).append(record)
+    changed = []
+    for batch in batches.values():
+        if any(r is d for r in batch for d in damaged):
+            changed += candidates.remake(batch, damaged)
+            save()
+    if damaged:
+        say(f"{out}: regenerated {len(damaged)} video(s) from their seeds")
+    if changed:
+        now = [f"{r['class']}_{r['candidate']:05d} ({'accepted' if r['accepted'] else 'rejected'})" for r in changed]
+        warn(f"{out}: {len(changed)} regenerated video(s) got another verdict from the classifier than recorded: "
+             f"{_listing(now)}; the manifest now says so, and candidates are made until each class has --n "
+             f"{cfg.n} accepted")
+    save()
+
+
+def _warn_other_setup(out: Path, recorded: dict, environment: dict) -> None:
+    differs = ", ".join(f"{k} {recorded.get(k)} -> {v}" for k, v in environment.items() if recorded.get(k) != v)
+    warn(f"{out}: this folder was started on another setup ({differs}); videos made again here may differ from "
+         "lost ones made there by float rounding; re-run on that setup to get them back bit for bit")
 
 
 def summarise(videos: list[dict], class_ids: list[int], vocabulary: ClassVocabulary, cfg: GenerationConfig) -> dict:

@@ -2,13 +2,17 @@
 
 Each video is a function of its own seed: its starting noise comes from a generator
 seeded with it; DDIM (η = 0) and DPM-Solver++ are deterministic from there, and
-DDPM draws each step's noise from that same generator, so a video can be
-regenerated from the manifest whatever batch it was in.
+DDPM draws each step's noise from that same generator. To the bit, a video also
+depends on its batch: CPU and GPU matrix kernels pick their blocking (and so their
+summation order) by the number of rows, so the same seed sampled alone and in a batch
+of 3 differs by float rounding (measured on the shipped model: up to 2e-6, which moved
+5 of 196,608 uint8 values by one level). `survgen generate` records each candidate's
+batch, so that a lost video is made again in the same batch, bit for bit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,6 +49,7 @@ class VideoSampler:
     video_model: VideoModel
     spatial: SpatialModel
     vocabulary: ClassVocabulary
+    _text: torch.Tensor | None = field(default=None, init=False, repr=False)  # every prompt's states, then ""
 
     @property
     def device(self) -> torch.device:
@@ -54,16 +59,24 @@ class VideoSampler:
         size = self.video_model.latent_size
         return (self.video_model.latent_channels, num_frames, size, size)
 
+    def _prompt_states(self, device) -> torch.Tensor:
+        """Text-encoder states of every class prompt and of the empty prompt (last), computed once."""
+        if self._text is None or self._text.device != device:
+            self._text = self.spatial.encode_prompts(self.vocabulary.prompts() + [""]).to(device)
+        return self._text
+
     @torch.no_grad()
     def sample(self, class_ids: list[int], seeds: list[int], *, num_frames: int = 16, steps: int = 25,
                guidance: float = 3.0, sampler: str = "ddim") -> torch.Tensor:
         """Videos `(b, f, 3, H, W)` in [-1, 1], one per (class, seed) pair, sampled as one batch."""
         check_sampling_options(sampler, steps, guidance)
+        if len(class_ids) != len(seeds):
+            raise ValueError(f"{len(class_ids)} classes for {len(seeds)} seeds; give one class per seed")
         was_training = self.video_model.training
         self.video_model.eval()
         device = self.device
         labels = torch.tensor(class_ids, device=device)
-        text = self.spatial.encode_prompts(self.vocabulary.prompts() + [""]).to(device)
+        text = self._prompt_states(device)
         cond_text, uncond_text = text[labels], text[-1:].expand(len(labels), -1, -1)
         null = torch.full_like(labels, self.video_model.null_class)
 

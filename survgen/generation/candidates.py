@@ -1,0 +1,147 @@
+"""Candidate videos of one generation folder: sampled a batch at a time, judged, written, checked on disk.
+
+A candidate's record (one entry of the manifest's `videos`) holds its seed and its
+batch (the first candidate number of the batch it was sampled in). A video is a
+function of its seed and, by float rounding, of its batch-mates (see
+`survgen.generation.sampler`), so a lost or damaged video is made again by sampling
+its whole batch again: bit for bit the video it replaces, on the same setup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from survgen.classes import ClassVocabulary
+from survgen.data.video import write_video
+from survgen.generation.sampler import VideoSampler
+from survgen.visualize import to_uint8
+
+
+def candidate_seed(seed: int, class_id: int, candidate: int) -> int:
+    """The seed of candidate `candidate` of class `class_id`: fixed, so a resumed run continues the sequence."""
+    digest = hashlib.sha256(f"survgen-generate:{seed}:{class_id}:{candidate}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
+
+
+def accepted(probabilities: torch.Tensor, class_id: int, topk: int) -> bool:
+    """The rejection rule: is `class_id` among the `topk` most probable classes?"""
+    if topk <= 0:
+        return True
+    return class_id in probabilities.topk(min(topk, probabilities.numel())).indices.tolist()
+
+
+def video_files(record: dict, gif: bool) -> list[str]:
+    """The files a candidate's record stands for: its MP4, and its GIF with --gif (none for an unkept one)."""
+    if not record.get("file"):
+        return []
+    return [record["file"]] + ([str(Path(record["file"]).with_suffix(".gif"))] if gif else [])
+
+
+def video_problem(path: Path, num_frames: int, fps: float) -> str | None:
+    """Why the generated video `path` is not whole (missing, empty, undecodable, wrong frame count), or None."""
+    from survgen.data.video import VideoReadError, probe_video, read_frames
+
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty (0 bytes)"
+    try:
+        found = probe_video(path).num_frames
+        read_frames(path, range(found))
+    except VideoReadError as e:
+        return str(e).removeprefix(f"{path}: ").split("; ")[0]
+    if path.suffix.lower() == ".gif":
+        return _gif_problem(path, num_frames, fps)
+    return f"{found} frames, not {num_frames}" if found != num_frames else None
+
+
+def _gif_problem(path: Path, num_frames: int, fps: float) -> str | None:
+    """A GIF stores a run of identical frames as one longer frame (`write_video`: max(10, round(1000 / fps)) ms
+    each), so its length is counted in time: a truncated one plays shorter."""
+    from PIL import Image, ImageSequence
+
+    frame_ms = max(10, round(1000 / fps))
+    try:
+        with Image.open(path) as image:
+            total = 0
+            for frame in ImageSequence.Iterator(image):
+                frame.load()
+                total += frame.info.get("duration", 0)
+    except (OSError, ValueError, SyntaxError) as e:
+        return f"not a readable GIF ({e})"
+    found = round(total / frame_ms)
+    return f"{found} frames long, not {num_frames}" if found != num_frames else None
+
+
+@dataclass
+class Candidates:
+    """Makes the candidates of a generation folder: samples a batch, judges it (when there is a judge, an object
+    with `probabilities(videos)`), writes the kept videos. `cfg` is the request's GenerationConfig."""
+
+    out: Path
+    cfg: object
+    sampler: VideoSampler
+    judge: object | None
+    vocabulary: ClassVocabulary
+
+    def make(self, class_id: int, indices: list[int]) -> list[tuple[dict, np.ndarray]]:
+        """New candidates `indices` of a class, sampled as one batch: each one's record and uint8 frames."""
+        cfg, code = self.cfg, self.vocabulary.code(class_id)
+        seeds = [candidate_seed(cfg.seed, class_id, i) for i in indices]
+        frames, probs = self._sample(class_id, seeds)
+        made = []
+        for j, (i, seed) in enumerate(zip(indices, seeds)):
+            record = {"candidate": i, "batch": indices[0], "class": code, "class_id": class_id,
+                      "class_name": self.vocabulary.name(class_id), "prompt": self.vocabulary.prompt(class_id),
+                      "seed": seed, "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance,
+                      "frames": cfg.num_frames, "accepted": True, "file": None}
+            self._judge(record, probs[j] if probs is not None else None)
+            self._write(record, frames[j])
+            made.append((record, frames[j]))
+        return made
+
+    def remake(self, batch: list[dict], damaged: list[dict]) -> list[dict]:
+        """Sample `batch` (the records of one batch) again and rewrite the files of those in `damaged`, judged
+        again; returns the records whose verdict changed."""
+        frames, probs = self._sample(batch[0]["class_id"], [r["seed"] for r in batch])
+        changed = []
+        for j, record in enumerate(batch):
+            if not any(record is d for d in damaged):
+                continue
+            before, old_files = record["accepted"], video_files(record, self.cfg.gif)
+            self._judge(record, probs[j] if probs is not None else None)
+            self._write(record, frames[j])
+            for stale in set(old_files) - set(video_files(record, self.cfg.gif)):
+                (self.out / stale).unlink(missing_ok=True)  # the damaged copy under the old verdict's folder
+            if record["accepted"] != before:
+                changed.append(record)
+        return changed
+
+    def _sample(self, class_id: int, seeds: list[int]) -> tuple[np.ndarray, torch.Tensor | None]:
+        cfg = self.cfg
+        clips = self.sampler.sample([class_id] * len(seeds), seeds, num_frames=cfg.num_frames, steps=cfg.steps,
+                                    guidance=cfg.guidance, sampler=cfg.sampler)
+        probs = self.judge.probabilities(clips) if self.judge is not None else None
+        return to_uint8(clips), probs  # (b, f, H, W, 3)
+
+    def _judge(self, record: dict, probs: torch.Tensor | None) -> None:
+        """The record's verdict and the classifier's view, from one video's class probabilities."""
+        record["accepted"] = accepted(probs, record["class_id"], self.cfg.reject_topk) if probs is not None else True
+        if probs is not None:
+            top = probs.topk(min(max(self.cfg.reject_topk, 3), probs.numel()))
+            record["classifier_topk"] = [{"class": self.vocabulary.code(int(c)), "probability": round(float(p), 4)}
+                                         for p, c in zip(top.values, top.indices)]
+            record["probability_of_class"] = round(float(probs[record["class_id"]]), 4)
+
+    def _write(self, record: dict, frames: np.ndarray) -> None:
+        """Name the record's file by its verdict and write it (and its GIF with --gif), atomically."""
+        name = f"{record['class']}_{record['candidate']:05d}"
+        folder = "videos" if record["accepted"] else ("rejected" if self.cfg.keep_rejected else None)
+        record["file"] = f"{folder}/{name}.mp4" if folder is not None else None
+        for relative in video_files(record, self.cfg.gif):
+            write_video(self.out / relative, frames, fps=self.cfg.fps)
