@@ -98,7 +98,7 @@ def _open_run(out: Path, stage: str, resume: bool):
 def _data_dir(given: Path | None, stored) -> Path:
     """--data as given (a resume checks it is the run's own), else the run's."""
     if given is None and stored is not None and stored.data:
-        return Path(stored.data)
+        return stored.data_path
     if given is None:
         raise ValueError("--data is required: the dataset root (e.g. one made by `survgen data synth --out DIR`)")
     return given

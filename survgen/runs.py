@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,8 +40,8 @@ class RunInfo:
     folder: Path
     options: dict
     vocabulary: ClassVocabulary
-    data: str | None = None
-    parent: str | None = None  # the run (or model path) this one builds on
+    data: str | None = None  # relative to the run folder (or absolute, in runs of earlier versions)
+    parent: str | None = None  # the run (or model path) this one builds on, stored like `data`
     extra: dict = field(default_factory=dict)
 
     @property
@@ -49,11 +50,13 @@ class RunInfo:
 
     @property
     def parent_path(self) -> Path | None:
-        """The parent run as a path; a relative one is relative to this run (as in the shipped default)."""
-        if self.parent is None:
-            return None
-        path = Path(self.parent)
-        return path if path.is_absolute() else self.folder / path
+        """The parent run as a path; a relative one is relative to this run (see `relative_to_run`)."""
+        return None if self.parent is None else self.folder / self.parent
+
+    @property
+    def data_path(self) -> Path | None:
+        """The training data as a path; a relative one is relative to this run."""
+        return None if self.data is None else self.folder / self.data
 
     def save(self) -> None:
         write_json_atomic(
@@ -69,6 +72,12 @@ class RunInfo:
                 **self.extra,
             },
         )
+
+
+def relative_to_run(folder: str | Path, path: str | Path) -> str:
+    """`path` as run.json stores it: relative to the run folder, so it names the same place from any working
+    directory, holds no machine's absolute path, and moves with the run when both move together."""
+    return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
 
 
 def read_run(folder: str | Path, stage: str | None = None) -> RunInfo:

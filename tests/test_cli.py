@@ -1,6 +1,7 @@
 """The `survgen` command line: help, info, the three training commands end to end, resume, and user errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -121,3 +122,10 @@ def test_resuming_a_run_of_an_older_version_names_the_file_and_the_way_out(cli_r
     message = " ".join(result.output.split())
     assert "run.json" in message and "class_dropout, frame_stride" in message
     assert "start a new run" in message and "Traceback" not in message
+
+
+def test_run_json_holds_paths_relative_to_the_run_not_this_machines(synth_dataset, cli_runs):
+    run = read_run(cli_runs / "spatial")
+    assert not Path(run.data).is_absolute() and not Path(run.parent).is_absolute()
+    assert run.data_path.resolve() == synth_dataset.resolve()
+    assert run.parent_path.resolve() == (cli_runs / "vae").resolve()

@@ -150,7 +150,7 @@ def synthetic_arms(folder: str | Path, vocabulary: ClassVocabulary, cfg: Downstr
     arms = [Arm(name=f"real + {label} ({f'top-{topk} RS' if topk else 'no RS'})",
                 slug=_slug(f"{label}-{'rs' if topk else 'no-rs'}"),
                 synthetic=_synthetic_index(folder, accepted, vocabulary, cfg.classifier),
-                source={"folder": str(folder.resolve()), "reject_topk": topk, "rejection_sampling": bool(topk),
+                source={"folder": str(folder), "reject_topk": topk, "rejection_sampling": bool(topk),
                         "videos": {vocabulary.code(c): n for c, n in per_class.items()}})]
     if not (cfg.without_rejection and topk):
         return arms
@@ -170,7 +170,7 @@ def synthetic_arms(folder: str | Path, vocabulary: ClassVocabulary, cfg: Downstr
     write_text_atomic(csv_path, rows.getvalue())
     arms.append(Arm(name=f"real + {label} (no RS)", slug=_slug(f"{label}-no-rs"),
                     synthetic=_synthetic_index(folder, first, vocabulary, cfg.classifier, labels_csv=csv_path),
-                    source={"folder": str(folder.resolve()), "reject_topk": 0, "rejection_sampling": False,
+                    source={"folder": str(folder), "reject_topk": 0, "rejection_sampling": False,
                             "videos": {vocabulary.code(c): n for c, n in per_class.items()},
                             "chosen": "the first candidates of each class, accepted or not"}))
     return arms
@@ -312,8 +312,8 @@ def summarise(runs: list[dict], arms: list[Arm], vocabulary: ClassVocabulary) ->
 
 # ---------------------------------------------------------------- the experiment
 def _request(real: Path, test: Path | None, synthetic: list[Path], cfg: DownstreamConfig) -> dict:
-    request = {"real": str(real.resolve()), "test": str(test.resolve()) if test else None,
-               "synthetic": [str(s.resolve()) for s in synthetic], "config": config_to_dict(cfg)}
+    request = {"real": str(real), "test": str(test) if test else None,  # as given: no machine's absolute paths
+               "synthetic": [str(s) for s in synthetic], "config": config_to_dict(cfg)}
     return json.loads(json.dumps(request))  # as it reads back from downstream.json (tuples become lists)
 
 
@@ -338,7 +338,7 @@ def generator_saw_test(synthetic: Path, test_videos: list[Path]) -> str | None:
         return None
     if not run.data:
         return None
-    data = Path(run.data).resolve()
+    data = run.data_path.resolve()
     leaked = [v for v in test_videos if v.resolve().is_relative_to(data)]
     if leaked:
         return (f"{synthetic}: its generator ({run.folder}) was trained on {data}, which holds test "

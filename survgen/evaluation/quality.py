@@ -169,6 +169,6 @@ def evaluate_quality(real: str | Path, fake: str | Path, extractors: Extractors,
         raise ValueError(f"{real}: holds no clip of the generated classes "
                          f"({', '.join(vocabulary.code(c) for c in classes)}); compare with the dataset they came from")
     overall = compare(_pooled(real_features), _pooled(fake_features), cfg) if len(real_features) > 1 else None
-    return {"real": str(real.resolve()), "fake": str(fake.resolve()), "frame_size": size,
+    return {"real": str(real), "fake": str(fake), "frame_size": size,
             "extractors": extractors.names(), "config": asdict(cfg), "vocabulary": vocabulary.to_dict(),
             "per_class": per_class, "overall": overall}

@@ -155,8 +155,8 @@ def model_fingerprint(model_run: Path, spatial_dir: Path, arch: str) -> dict:
 
 
 def _request(cfg: GenerationConfig, model: Path, classifier: Path | None) -> dict:
-    return {"config": dataclasses.asdict(cfg), "model": str(Path(model).resolve()),
-            "classifier": str(Path(classifier).resolve()) if classifier else None}
+    return {"config": dataclasses.asdict(cfg), "model": str(model),  # as given: no machine's absolute paths
+            "classifier": str(classifier) if classifier else None}
 
 
 def _check_output(out: Path) -> bool:

@@ -20,7 +20,7 @@ from survgen.data.index import CLIP_FPS, build_index
 from survgen.io import atomic_folder
 from survgen.models.spatial import build_tiny, check_image_size
 from survgen.config import config_to_dict
-from survgen.runs import RunInfo
+from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.loop import TrainConfig, train
 from survgen.visualize import grid, save_png, to_uint8
@@ -69,7 +69,7 @@ def train_autoencoder(data: str | Path, out: str | Path, cfg: AutoencoderStageCo
             model.save_pretrained(tmp, safe_serialization=True)
 
     run = RunInfo(stage="vae", folder=out, options=config_to_dict(cfg), vocabulary=index.vocabulary,
-                  data=str(Path(data).resolve()))
+                  data=relative_to_run(out, data))
     with training_run(run, resume):
         return train(run_dir=out, model=vae, trainable=dict(vae.named_parameters()), dataset=dataset,
                      loss_fn=loss_fn, config=cfg.train, on_sample=on_sample, resume=resume,

@@ -38,7 +38,7 @@ from survgen.data.index import CLIP_FPS, VideoIndex, build_index
 from survgen.data.video import probe_video, read_frames
 from survgen.io import atomic_folder, atomic_path, load_safetensors
 from survgen.models.classifier import CLASSIFIER_PRESETS, ClassifierConfig, VideoClassifier
-from survgen.runs import RunFolderError, RunInfo, read_run
+from survgen.runs import RunFolderError, RunInfo, read_run, relative_to_run
 from survgen.training.checkpoint import open_training_run, save_safetensors_atomic, training_run
 from survgen.training.loop import TrainConfig, TrainResult, loader_workers, train
 
@@ -242,7 +242,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
         return {vocabulary.code(c): v for c, v in per_class_id.items()}
 
     run = RunInfo(stage="classifier", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
-                  data=str(Path(data).resolve()),
+                  data=relative_to_run(out, data),
                   extra={"model": model_config.to_dict(),
                          "split": {"train": train_index.video_ids(), "validation": val_index.video_ids()},
                          "clips": {"train": codes(counts), "validation": codes(val_index.class_counts())},

@@ -24,7 +24,7 @@ from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction,
 from survgen.models.spatial import SpatialModel, build_spatial, check_image_size, load_spatial, save_spatial
 from survgen.models.video_models import NATIVE_IMAGE_SIZE
 from survgen.config import config_to_dict
-from survgen.runs import RunInfo, read_run
+from survgen.runs import RunInfo, read_run, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.loop import TrainConfig, train
 from survgen.training.previews import write_image_samples
@@ -117,7 +117,8 @@ def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *,
                             steps=cfg.sample_steps, guidance=cfg.sample_guidance, seed=cfg.train.seed)
 
     run = RunInfo(stage="spatial", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
-                  data=str(Path(data).resolve()), parent=cfg.pretrained or cfg.vae)
+                  data=relative_to_run(out, data),
+                  parent=relative_to_run(out, cfg.pretrained or cfg.vae) if cfg.pretrained or cfg.vae else None)
     with training_run(run, resume):
         return train(run_dir=out, model=model, trainable=trainable,
                      dataset=frames, loss_fn=loss_fn, config=cfg.train,

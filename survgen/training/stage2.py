@@ -37,7 +37,7 @@ from survgen.models.spatial import SpatialModel, check_image_size, check_v_predi
 from survgen.models.video_models import (VideoModel, arch_of, build_video_model, check_arch, video_model_config,
                                          video_model_from_config)
 from survgen.models.video_unet import TEMPORAL_PRESETS, VideoUNet
-from survgen.runs import RunInfo, read_run
+from survgen.runs import RunInfo, read_run, relative_to_run
 from survgen.training.checkpoint import open_training_run, save_safetensors_atomic, training_run
 from survgen.training.loop import TrainConfig, resolve_mixed_precision, train
 from survgen.training.previews import write_video_samples
@@ -174,7 +174,7 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
         save_video_model(model.video_model, out / "model")
 
     run = RunInfo(stage="temporal", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
-                  data=str(Path(data).resolve()), parent=str(Path(spatial_path).resolve()),
+                  data=relative_to_run(out, data), parent=relative_to_run(out, spatial_path),
                   extra={"classes": [vocabulary.code(i) for i in class_ids], "arch": cfg.arch})
     with training_run(run, resume):
         result = train(run_dir=out, model=model, trainable=model.trainable_parameters(),
