@@ -1,8 +1,11 @@
-"""Careless and unlucky input against the real command line, in a subprocess.
+"""Careless and unlucky input against the real command line, each command its own process.
 
 Every case asserts the exit code, a message naming the problem, no traceback,
 and the files on disk before and after: nothing survgen did not write is
-changed, nothing is left half-written.
+changed, nothing is left half-written. Commands are forked from a process that
+has imported survgen once (tests/cli_zygote.py), so each is a fresh process that
+does not spend seconds importing torch; the last test runs `python -m survgen`
+itself.
 """
 
 import hashlib
@@ -22,17 +25,44 @@ from survgen.generation.default import default_runs
 MARKUP = "[v2] [bold] [/x]"  # a folder name Rich would read as markup
 
 
-def survgen(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _environment() -> dict:
     env = {**os.environ, "COLUMNS": "300"}
     env.pop("SURVGEN_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "survgen", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    return env
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_zygote.py"))], text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_environment())
+    yield process
+    process.stdin.close()
+    process.wait(timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def _commands(zygote, tmp_path):
+    global _zygote, _logs
+    _zygote, _logs = zygote, tmp_path / "logs"
+    _logs.mkdir()
 
 
 def survgen_each(*commands: list) -> list[subprocess.CompletedProcess]:
-    """Several commands, two at a time (most of each is Python importing torch on one core)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda args: survgen(*args), commands))
+    """Run each command (a list of arguments) as its own process, all at once; their results in order."""
+    requests = []
+    for args in commands:
+        k = len(list(_logs.iterdir())) // 2 + len(requests)
+        requests.append({"args": [str(a) for a in args], "cwd": str(_logs), "stdout": str(_logs / f"{k}.out"),
+                         "stderr": str(_logs / f"{k}.err")})
+    _zygote.stdin.write(json.dumps(requests) + "\n")
+    _zygote.stdin.flush()
+    codes = json.loads(_zygote.stdout.readline())
+    return [subprocess.CompletedProcess(r["args"], code, Path(r["stdout"]).read_text(), Path(r["stderr"]).read_text())
+            for r, code in zip(requests, codes)]
+
+
+def survgen(*args) -> subprocess.CompletedProcess:
+    return survgen_each(list(args))[0]
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -258,9 +288,12 @@ def test_a_dataset_is_never_read_with_another_class_vocabulary(here):
 # ---------------------------------------------------------------- output that scripts can use
 def test_results_go_to_stdout_and_every_reporting_command_has_json(here):
     video = here / "data" / "video_01" / "video_left.avi"
-    table, stats, info, classify = survgen_each(
-        ["data", "stats", here / "data"], ["data", "stats", here / "data", "--json"], ["info", "--json"],
-        ["classify", "--model", here / "default" / "classifier", video, "--json"])
+    commands = [["data", "stats", here / "data"], ["data", "stats", here / "data", "--json"], ["info", "--json"],
+                ["classify", "--model", here / "default" / "classifier", video, "--json"]]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # `python -m survgen` itself, two at a time
+        table, stats, info, classify = pool.map(
+            lambda args: subprocess.run([sys.executable, "-m", "survgen", *map(str, args)], capture_output=True,
+                                        text=True, env=_environment(), timeout=600), commands)
     assert table.returncode == 0 and "labelled frames" in table.stdout and "G7" in table.stdout
     assert {row["code"] for row in json.loads(stats.stdout)["classes"]} >= {"G0", "G7"}
     assert json.loads(info.stdout)["survgen"]
