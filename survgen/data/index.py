@@ -214,7 +214,8 @@ def build_index(
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if not root.is_dir():
-        raise DatasetError(f"{root}: no such folder; give the dataset root (e.g. one made by `survgen data synth --out DIR`)")
+        raise DatasetError(f"{root}: {'is a file' if root.exists() else 'no such folder'}; give the dataset root "
+                           "folder (e.g. one made by `survgen data synth --out DIR`)")
     vocabulary = _vocabulary(root, vocabulary)
     if layout == "auto":
         layout = _detect_layout(root, labels_csv)
