@@ -299,3 +299,9 @@ def test_results_go_to_stdout_and_every_reporting_command_has_json(here):
     assert json.loads(info.stdout)["survgen"]
     classify = json.loads(classify.stdout)
     assert classify[0]["video"] == str(video) and len(classify[0]["topk"]) == 3
+
+
+def test_debug_shows_the_traceback_a_user_error_hides(here):
+    plain, debug = survgen_each(["data", "stats", here / "missing"], ["--debug", "data", "stats", here / "missing"])
+    refused(plain, str(here / "missing"))
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "DatasetError" in debug.stderr
