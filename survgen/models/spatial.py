@@ -362,7 +362,3 @@ def save_spatial(model: SpatialModel, folder: str | Path) -> Path:
         model.noise_scheduler.save_pretrained(tmp / "scheduler")
         (tmp / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
     return Path(folder)
-
-
-def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
