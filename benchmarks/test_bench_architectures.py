@@ -32,10 +32,10 @@ import pytest
 import torch
 
 from survgen.classes import ClassVocabulary
-from survgen.generation.sampler import VideoSampler
+from survgen.diffusion.video_sampler import VideoSampler
 from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SpatialModel, build_tiny
-from survgen.models.video_models import (ARCHS, FAST_SAMPLING, NATIVE_IMAGE_SIZE, build_video_model,
-                                         published_sampling)
+from survgen.presets import ARCHS, NATIVE_IMAGE_SIZE
+from survgen.models.video_models import FAST_SAMPLING, build_video_model, published_sampling
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESETS = [pytest.param("tiny", id="tiny"),
@@ -135,7 +135,8 @@ def _training_memory_cpu(step) -> int:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_training_step(benchmark, quick, preset, arch):
-    from survgen.training.stage2 import TemporalStageConfig, TemporalTrainee, stage2_loss
+    from survgen.training.configs import TemporalStageConfig
+    from survgen.training.stage2 import TemporalTrainee, stage2_loss
 
     size = NATIVE_IMAGE_SIZE[preset]
     frames = 4 if quick else 16
@@ -182,8 +183,8 @@ def test_training_step(benchmark, quick, preset, arch):
 def test_generate_throughput(benchmark, quick, tmp_path, topk):
     from survgen.generation.default import default_runs
     from survgen.generation.run import GenerationConfig, generate
-    from survgen.training.classifier import load_classifier
-    from survgen.training.stage2 import load_video_model
+    from survgen.models.loading import load_classifier
+    from survgen.models.loading import load_video_model
 
     model_run, classifier_run = default_runs()
     video = load_video_model(model_run)

@@ -14,15 +14,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from survgen.cli.errors import user_errors
-from survgen.cli.options import ClipFps
+from survgen.cli.common import AsJson, ClipFps, data_app, user_errors
 from survgen.console import progress_bar, say, show, text, warnings_shown
 
-app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True, rich_markup_mode="rich",
-                  pretty_exceptions_enable=False)
-
-
-@app.command()
+@data_app.command()
 @user_errors
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to create (must be empty or absent unless --overwrite).")],
@@ -50,7 +45,7 @@ def synth(
     typer.echo(str(out))
 
 
-@app.command()
+@data_app.command()
 @user_errors
 def stats(
     data: Annotated[Path, typer.Argument(help="Dataset root (SAR-RARP50 layout, or videos + labels CSV).")],
@@ -62,7 +57,7 @@ def stats(
     layout: Annotated[str, typer.Option("--layout", help="auto | sar-rarp50 | csv.")] = "auto",
     labels_csv: Annotated[Optional[Path], typer.Option(
         "--labels-csv", help="Labels CSV for the csv layout (default DATA/labels.csv).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the per-class numbers as JSON to stdout.")] = False,
+    as_json: AsJson = False,
 ):
     """Clips, videos and labelled frames per class; warnings about bad files first.
 
@@ -106,7 +101,7 @@ def stats(
         say(f"plot: {plot}")
 
 
-@app.command()
+@data_app.command()
 @user_errors
 def cache(
     out: Annotated[Path, typer.Option("--out", help="Cache folder to create (or to finish, rerun with the same options).")],
@@ -136,7 +131,7 @@ def cache(
 
     from survgen.data.index import CLIP_FPS, build_index
     from survgen.data.latent_cache import build_latent_cache
-    from survgen.training.stage1 import load_cache_vae
+    from survgen.models.loading import load_vae
 
     from survgen.data.latent_cache import MANIFEST
     from survgen.io import output_folder
@@ -144,7 +139,7 @@ def cache(
     output_folder(out, option="--out", marker=MANIFEST)  # before the VAE loads and the videos are hashed
     began = time.perf_counter()
     with warnings_shown():
-        model, run_size = load_cache_vae(spatial=spatial, vae=vae)
+        model, run_size = load_vae(spatial=spatial, vae=vae)
         if (image_size := image_size or run_size) is None:
             raise ValueError(f"{spatial}: not a survgen run, so its image size is unknown; pass --image-size "
                              "(the size you will train at, e.g. 256 for sd15)")

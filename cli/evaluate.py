@@ -1,6 +1,6 @@
 """`survgen evaluate quality` and `survgen evaluate downstream`: measure generated videos, write a report.
 
-Registered on the app by `cli/app.py`'s `_mount_subcommands`. The results go to
+The results go to
 stdout (a table, or with --json the results as written to the report folder);
 progress and the report's path to stderr.
 """
@@ -17,16 +17,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from survgen.cli.errors import user_errors
+from survgen.cli.common import AsJson, Quiet, evaluate_app, user_errors
 from survgen.console import say, show, text
-
-app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
-                  help="Measure generated videos: quality metrics, and the downstream test the method exists for.")
 
 Report = Annotated[Path, typer.Option("--report", help="Folder for report.md, its plots and the results (JSON); "
                                                          "re-run the same command to continue it.")]
-Quiet = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the results as JSON to stdout instead of a table.")]
 
 
 def _command_line() -> str:
@@ -34,7 +29,7 @@ def _command_line() -> str:
 
 
 # ---------------------------------------------------------------- quality
-@app.command("quality")
+@evaluate_app.command("quality")
 @user_errors
 def quality_command(
     real: Annotated[Path, typer.Option("--real", help="Real dataset (SAR-RARP50 layout, or videos + labels CSV).")],
@@ -82,21 +77,9 @@ def quality_command(
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
-    table = Table(title=text(f"quality of {fake} vs {real}"))
-    for column in ("class", "frames real/gen", "FID", "KID", "CMMD", "density", "coverage", "FVD"):
-        table.add_column(column, justify="right")
     rows = [(code, r) for code, r in results["per_class"].items() if "frames" in r]
     rows += [("all", results["overall"])] if results["overall"] else []
-
-    def fmt(value, digits=2):
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    for code, r in rows:
-        prdc = r["prdc"] or {}
-        table.add_row(text(code), f"{r['frames']['real']}/{r['frames']['fake']}", fmt(r["fid"]),
-                      fmt(r["kid"]["mean"], 4) if r["kid"] else "-", fmt(r["cmmd"], 3),
-                      fmt(prdc.get("density"), 3), fmt(prdc.get("coverage"), 3), fmt(r["fvd"]))
-    show(table)
+    show(_quality_table(rows, title=f"quality of {fake} vs {real}"))
     for name, extractor in results["extractors"].items():
         show(text(f"{name}: features of {extractor}"))
     warned = sum(len(r.get("warnings", [])) for _, r in rows)
@@ -104,8 +87,23 @@ def quality_command(
         say(f"{warned} warning(s) about small sample sizes: see {report / 'report.md'}", "warning")
 
 
+def _quality_table(rows: list[tuple[str, dict]], title: str) -> Table:
+    def fmt(value, digits=2):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    table = Table(title=text(title))
+    for column in ("class", "frames real/gen", "FID", "KID", "CMMD", "density", "coverage", "FVD"):
+        table.add_column(column, justify="right")
+    for code, r in rows:
+        prdc = r["prdc"] or {}
+        table.add_row(text(code), f"{r['frames']['real']}/{r['frames']['fake']}", fmt(r["fid"]),
+                      fmt(r["kid"]["mean"], 4) if r["kid"] else "-", fmt(r["cmmd"], 3),
+                      fmt(prdc.get("density"), 3), fmt(prdc.get("coverage"), 3), fmt(r["fvd"]))
+    return table
+
+
 # ---------------------------------------------------------------- downstream
-@app.command("downstream")
+@evaluate_app.command("downstream")
 @user_errors
 def downstream_command(
     real: Annotated[Path, typer.Option("--real", help="Real training data (SAR-RARP50 layout, or videos + labels CSV).")],

@@ -1,4 +1,4 @@
-"""`survgen generate`: the user's main job (registered on the app in cli/app.py)."""
+"""`survgen generate`: the user's main job; prints the folder it made on stdout, a summary table on stderr."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from survgen.cli.options import AttentionBackend, attention_backend
+from survgen.cli.common import AttentionBackend, Quiet, app, attention_backend, user_errors
 from survgen.console import stderr, text
 
 
-def generate_command(
+@app.command()
+@user_errors
+def generate(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (re-run the same command to continue it); default generated/<classes>.")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Stage-2 run folder (`survgen train-temporal`); default: the shipped tiny model.")] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="survgen | lvdm | endora: the --model run's architecture, checked (default: whatever it is). Only survgen has a shipped model.")] = None,
@@ -31,7 +33,7 @@ def generate_command(
     gif: Annotated[bool, typer.Option("--gif", help="Also write a GIF of every kept video.")] = False,
     keep_rejected: Annotated[bool, typer.Option("--keep-rejected", help="Write rejected videos under rejected/.")] = False,
     attention: AttentionBackend = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ):
     """Generate videos of rare classes, keeping those the classifier recognises (rejection sampling).
 
@@ -40,8 +42,8 @@ def generate_command(
     from survgen.generation.default import default_runs
     from survgen.generation.run import MANIFEST, GenerationConfig, generate
     from survgen.io import output_folder
-    from survgen.models.video_models import check_arch
-    from survgen.training.stage2 import run_arch
+    from survgen.models.loading import video_model_arch
+    from survgen.presets import check_arch
 
     if arch is not None:
         check_arch(arch)
@@ -51,7 +53,7 @@ def generate_command(
                              "--data DIR --spatial RUN --class G7 --out RUN` and pass --model RUN")
         model, shipped_classifier = default_runs()
         classifier = classifier or shipped_classifier
-    elif arch is not None and (found := run_arch(model)) != arch:
+    elif arch is not None and (found := video_model_arch(model)) != arch:
         raise ValueError(f"{model}: a {found} model, not {arch}; drop --arch or pass a {arch} run")
     out = out or Path("generated") / "-".join(classes or ["G7"]).replace("/", "_").replace(" ", "_")
     output_folder(out, option="--out", marker=MANIFEST)  # before any model loads

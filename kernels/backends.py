@@ -129,9 +129,8 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("triton", _triton_reasons, _triton_op),
     # On the CPU, forward + backward through the fused kernel recomputes the forward
     # (a third more matmul work than autograd through the reference, which keeps its
-    # activations): measured on a 2-core AVX2 machine it is faster than the reference
-    # only at sd15's top level, and a tiny-preset stage-2 step is ~15% slower with it
-    # (benchmarks/NOTES.md). So training on the CPU takes the reference unless named.
+    # activations) and is mostly slower for training (benchmarks/NOTES.md). So training
+    # on the CPU takes the reference unless named.
     Backend("cpu", _cpu_reasons, _dispatched_op, chosen_for_training=False),
     Backend("reference", _reference_reasons, temporal_attention_reference),
 )

@@ -1,65 +1,14 @@
-"""Temporal attention in Triton: `temporal_attention_reference`, fused around cuBLAS projections.
+"""Temporal attention in Triton: `temporal_attention_reference` as three fused kernels around two torch GEMMs.
 
-The shape of the problem
-------------------------
-Temporal attention runs a tiny attention many times: at every spatial position
-of every video, the `f` frames (f <= ~32; 16 for AnimateDiff-style models)
-attend to each other. A 64x64 latent batch of 4 videos is 16,384 sequences of
-16 tokens. Eager PyTorch spends its time on the wrong things:
-
-* the permutes between the U-Net's `(b·f, c, h, w)` layout and token rows
-  `(b·h·w, f, c)` are full copies of the activation, one on the way in and
-  one on the way out, plus the PE add and the LayerNorm as separate passes;
-* attention kernels are tiled for long sequences (128+ queries per tile):
-  with 16 keys most of each tile is padding, and the `(b·h·w·heads, f, f)`
-  score tensor makes yet another round trip through memory.
-
-What this file does
--------------------
-Three Triton kernels and two torch matmuls, in the order they run:
-
-1. `_encode_norm_kernel` reads x in place (NCHW: for a fixed frame and
-   channel, neighbouring positions are adjacent, so loads along positions are
-   coalesced), adds the frame encoding, LayerNorms each token with fp32
-   statistics and writes token rows `(b·h·w·f, c)`: the permute is fused into
-   the pass that has to read x anyway.
-2. `normed @ qkv_weight^T + qkv_bias` and, later, `attended @ out_weight^T`
-   are plain torch matmuls. They hold nearly all the FLOPs (8c² per token
-   against 4fc for the attention itself), are ordinary large GEMMs over all
-   tokens at once, and cuBLAS is hard to beat on those; inside `triton_op`
-   torch.compile still sees them and may fuse around them.
-3. `_frame_attention_kernel` computes softmax attention for BLOCK_P whole
-   sequences × one head per program: one (BLOCK_P·F_PAD)-row tile of
-   queries, keys and values, `tl.dot` with fp32 accumulation, and a
-   block-diagonal mask so that only frames of the same position attend to
-   each other. Scores never leave registers.
-4. `_residual_kernel` adds out_bias and the residual x and writes the result
-   straight back to NCHW: the inverse permute, fused into the epilogue.
-
-Grid axes 1 and 2 of a CUDA launch are limited to 65,535 programs; only axis
-0 can be large. Every kernel therefore puts its big axis (position blocks of
-all videos and frames) on axis 0, and only small ones (heads, channel blocks)
-on axis 1.
-
-Padding: `tl.dot` needs every dimension >= 16 on GPUs. Rather than pad each
-sequence of f frames to 16, a tile stacks BLOCK_P sequences of F_PAD =
-next_power_of_2(f) rows each, 16 to 64 rows in all (more only for f > 64;
-f = 3: 16 sequences of 4 rows), and masks the score tile block-diagonally;
-head_dim is padded to a power of two >= 16. `tl.dot` rather than
-broadcast-and-`tl.sum` products: it runs on tensor cores for bf16/fp16 (and
-TF32), and the products of a whole tile would not fit in registers as a 3-D
-broadcast. Every load and store is masked, so c, h·w, f and head_dim need not
-be powers of two.
-
-Precision: LayerNorm statistics, scores, softmax and both attention products
-accumulate in fp32 whatever the input dtype; intermediates (normed tokens,
-q/k/v, attention output) are stored in the input's dtype, as eager autocast
-code would. fp32 inputs get IEEE products unless torch allows TF32.
-
-Autograd: the backward is `survgen::temporal_attention_backward` (see
-`ops`), which recomputes through the reference; only x and the weights are
-saved. The op runs on CUDA tensors, and on CPU tensors under Triton's
-interpreter (TRITON_INTERPRET=1, set before this module is imported) for tests.
+x comes and goes in the U-Net's NCHW layout `(b·f, c, h, w)`; arguments are checked by the caller
+(`survgen.kernels.temporal_attention`). `_encode_norm_kernel` reads x in place, adds the frame encoding and
+LayerNorms each token into token rows `(b·h·w·f, c)`; the Q/K/V and output projections are torch matmuls
+(cuBLAS); `_frame_attention_kernel` attends BLOCK_P whole sequences × one head per program in one
+block-diagonally masked tile; `_residual_kernel` adds bias and residual and writes NCHW back. Statistics,
+scores and products accumulate in fp32; intermediates are stored in x's dtype. Backward saves only x and the
+weights and recomputes through the reference (`ops.recompute_backward`). The op runs on CUDA tensors, and on
+CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, set before this module is imported), where the
+tests check it in fp32. Design notes: benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
@@ -181,10 +130,8 @@ def _residual_kernel(
 
 
 # ---------------------------------------------------------------- launch parameters
-# Not timed on hardware (no GPU was available while writing this). Sized from the
-# register use that ptxas reports when the kernels are compiled ahead of time for
-# sm_80/sm_90 (no spills for head_dim <= 256 in bf16/fp16, <= 128 in IEEE fp32;
-# f <= 32): to be revisited with a profiler.
+# Sized from the register use ptxas reports for sm_80/sm_90 (no spills for f <= 32 and head_dim <= 256
+# in bf16/fp16, <= 128 in IEEE fp32), not tuned by timing (benchmarks/NOTES.md).
 _NORM_TILE_ELEMENTS = 8192  # channels x positions per LayerNorm program: all channels must fit in one tile
 _RESIDUAL_BLOCK = 64  # channels and positions per residual program
 # Attention tile: rows (BLOCK_P sequences x F_PAD frames) x BLOCK_D, at most 64 rows.
@@ -203,6 +150,69 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 # ---------------------------------------------------------------- the launcher
+# Every grid puts its big axis (position blocks of all images, or sequence blocks) on axis 0: CUDA limits
+# axes 1 and 2 to 65,535 programs, so only small ones (heads, channel blocks) go there.
+def _encode_norm(x: torch.Tensor, num_frames: int, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                 eps: float) -> torch.Tensor:
+    """PE + LayerNorm, NCHW x -> token rows `(b·h·w·f, c)`.
+
+    One program: one image x BLOCK_P positions x all channels (LayerNorm needs them all in one tile).
+    """
+    images, channels, height, width = x.shape
+    positions = height * width
+    block_c = triton.next_power_of_2(channels)
+    block_p = min(triton.next_power_of_2(positions), max(1, _NORM_TILE_ELEMENTS // block_c))
+    position_blocks = triton.cdiv(positions, block_p)
+    # fp32 table, computed in float64 by the reference's own function: bit-identical frame encoding.
+    encoding = sinusoidal_frame_encoding(num_frames, channels, device=x.device)
+    normed = torch.empty(images * positions, channels, dtype=x.dtype, device=x.device)
+    torch.library.wrap_triton(_encode_norm_kernel)[(images * position_blocks,)](
+        x, encoding, norm_weight, norm_bias, normed,
+        num_frames, channels, positions, position_blocks, eps,
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8 if block_c * block_p >= 4096 else 4,
+    )
+    return normed
+
+
+def _frame_attention(qkv: torch.Tensor, num_frames: int, heads: int) -> torch.Tensor:
+    """Attention over the frames of every sequence, from `[q | k | v]` token rows to `(tokens, c)` token rows.
+
+    BLOCK_P whole sequences x one head per program; heads (few) on grid axis 1. tl.dot needs >= 16 rows and
+    columns on GPUs: rows come from stacking sequences of F_PAD = next_power_of_2(f) rows, head_dim is padded.
+    """
+    tokens, channels = qkv.shape[0], qkv.shape[1] // 3
+    sequences = tokens // num_frames
+    head_dim = channels // heads
+    frames_padded = triton.next_power_of_2(num_frames)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    precision = _dot_precision(qkv.dtype)
+    rows = max(16, frames_padded, min(64, _ATTENTION_TILE_ELEMENTS[precision] // block_d))
+    attended = torch.empty(tokens, channels, dtype=qkv.dtype, device=qkv.device)
+    torch.library.wrap_triton(_frame_attention_kernel)[(triton.cdiv(sequences, rows // frames_padded), heads)](
+        qkv, attended,
+        sequences, num_frames, channels, head_dim, 1.0 / math.sqrt(head_dim),
+        F_PAD=frames_padded, BLOCK_P=rows // frames_padded, BLOCK_D=block_d, DOT_PRECISION=precision,
+        num_warps=8 if rows * block_d >= 4096 else 4,
+    )
+    return attended
+
+
+def _residual(x: torch.Tensor, projected: torch.Tensor, out_bias: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """x + projected + out_bias, token rows -> x's NCHW layout."""
+    images, channels, height, width = x.shape
+    positions = height * width
+    out = torch.empty_like(x)
+    block_c = min(_RESIDUAL_BLOCK, triton.next_power_of_2(channels))
+    block_p = min(_RESIDUAL_BLOCK, triton.next_power_of_2(positions))
+    position_blocks = triton.cdiv(positions, block_p)
+    torch.library.wrap_triton(_residual_kernel)[(images * position_blocks, triton.cdiv(channels, block_c))](
+        x, projected, out_bias, out,
+        num_frames, channels, positions, position_blocks,
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4,
+    )
+    return out
+
+
 def _launch(
     x: torch.Tensor,
     num_frames: int,
@@ -220,62 +230,18 @@ def _launch(
     Kernels are launched through wrap_triton, so that torch.compile can trace them.
     """
     x = x.contiguous()
-    images, channels, height, width = x.shape
-    positions = height * width
-    tokens = images * positions
-    sequences = tokens // num_frames
-    head_dim = channels // heads
-    wrap = torch.library.wrap_triton
-
-    # 1. PE + LayerNorm, NCHW -> token rows. One program: one image x BLOCK_P positions x all channels.
-    block_c = triton.next_power_of_2(channels)
-    block_p = min(triton.next_power_of_2(positions), max(1, _NORM_TILE_ELEMENTS // block_c))
-    position_blocks = triton.cdiv(positions, block_p)
-    # fp32 table, computed in float64 by the reference's own function: bit-identical frame encoding.
-    encoding = sinusoidal_frame_encoding(num_frames, channels, device=x.device)
-    normed = torch.empty(tokens, channels, dtype=x.dtype, device=x.device)
-    wrap(_encode_norm_kernel)[(images * position_blocks,)](
-        x, encoding, norm_weight, norm_bias, normed,
-        num_frames, channels, positions, position_blocks, eps,
-        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8 if block_c * block_p >= 4096 else 4,
-    )
-
-    # 2. Q, K, V for every token at once: one large GEMM.
-    qkv = F.linear(normed, qkv_weight, qkv_bias)
-
-    # 3. Attention, BLOCK_P whole sequences x one head per program; heads (small) on grid axis 1.
-    #    tl.dot needs >= 16 rows and columns on GPUs: rows come from stacking sequences, head_dim is padded.
-    frames_padded = triton.next_power_of_2(num_frames)
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    precision = _dot_precision(qkv.dtype)
-    rows = max(16, frames_padded, min(64, _ATTENTION_TILE_ELEMENTS[precision] // block_d))
-    attended = torch.empty(tokens, channels, dtype=qkv.dtype, device=x.device)
-    wrap(_frame_attention_kernel)[(triton.cdiv(sequences, rows // frames_padded), heads)](
-        qkv, attended,
-        sequences, num_frames, channels, head_dim, 1.0 / math.sqrt(head_dim),
-        F_PAD=frames_padded, BLOCK_P=rows // frames_padded, BLOCK_D=block_d, DOT_PRECISION=precision,
-        num_warps=8 if rows * block_d >= 4096 else 4,
-    )
-
-    # 4. Output projection (GEMM), then bias + residual, token rows -> NCHW.
+    normed = _encode_norm(x, num_frames, norm_weight, norm_bias, eps)
+    qkv = F.linear(normed, qkv_weight, qkv_bias)  # Q, K, V for every token at once: one large GEMM
+    attended = _frame_attention(qkv, num_frames, heads)
     projected = torch.mm(attended, out_weight.t())
-    out = torch.empty_like(x)
-    block_c = min(_RESIDUAL_BLOCK, triton.next_power_of_2(channels))
-    block_p = min(_RESIDUAL_BLOCK, triton.next_power_of_2(positions))
-    position_blocks = triton.cdiv(positions, block_p)
-    wrap(_residual_kernel)[(images * position_blocks, triton.cdiv(channels, block_c))](
-        x, projected, out_bias, out,
-        num_frames, channels, positions, position_blocks,
-        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4,
-    )
-    return out
+    return _residual(x, projected, out_bias, num_frames)
 
 
 # ---------------------------------------------------------------- the op
 # triton_op rather than custom_op: torch.compile traces into the body and sees the
 # kernels (launched through wrap_triton) and the matmuls instead of one opaque node.
 # Under TRITON_INTERPRET=1, @triton.jit yields InterpretedFunctions, which
-# wrap_triton returns unwrapped (pytorch/pytorch#152868, fixed in #185597), so the
+# wrap_triton returns unwrapped (pytorch/pytorch#152868), so the
 # same op also runs eagerly on CPU tensors for tests. Callers go through
 # `survgen.kernels.temporal_attention(..., backend="triton")`, which checks the arguments.
 temporal_attention_triton = torch.library.triton_op("survgen::temporal_attention_triton", _launch, mutates_args=())

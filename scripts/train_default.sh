@@ -25,5 +25,6 @@ survgen train-temporal --data "$OUT/data" --spatial "$OUT/spatial" --class G1 --
 survgen train-classifier --data "$OUT/data" --out "$OUT/classifier" $(resume "$OUT/classifier") \
   --steps "${CLASSIFIER_STEPS:-1000}" --batch-size 16 --val-every 250 --checkpoint-every 250
 if [ -z "${NO_EXPORT:-}" ]; then
-  python -m survgen.generation.default export --temporal "$OUT/temporal-rare" --classifier "$OUT/classifier"
+  python -c 'import sys; from survgen.generation.default import export_default; print(export_default(*sys.argv[1:]))' \
+    "$OUT/temporal-rare" "$OUT/classifier"
 fi

@@ -70,6 +70,19 @@ def atomic_folder(folder: str | Path):
         raise
 
 
+PACKAGE = Path(__file__).resolve().parent
+
+
+def shown_path(path: str | Path) -> str:
+    """`path` as outputs a user keeps (manifests, reports) show it: as given, except a path into the installed
+    package (the shipped default model), which is named from the package, `survgen/assets/...`, not from where
+    it is installed on this machine."""
+    resolved = Path(path).resolve()
+    if Path(path).is_absolute() and resolved.is_relative_to(PACKAGE):
+        return (Path(PACKAGE.name) / resolved.relative_to(PACKAGE)).as_posix()
+    return str(path)
+
+
 class OutputPathError(ValueError):
     """An output location that cannot be written, or that holds something survgen did not write."""
 
@@ -171,6 +184,13 @@ def is_survgen_png(path: str | Path) -> bool:
 
 class DamagedFileError(ValueError):
     """A weights or checkpoint file that cannot be read: truncated, emptied, or not what its name says."""
+
+
+def save_safetensors(tensors: dict, path: str | Path) -> None:
+    """Write `tensors` (moved to contiguous CPU memory, as safetensors needs) to `path`."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
 
 def load_safetensors(path: str | Path, fix: str) -> dict:

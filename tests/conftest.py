@@ -18,7 +18,7 @@ def synth_dataset(tmp_path_factory) -> Path:
 
 def fast_train(**kw):
     """Training options for tests: small batches, no EMA, no checkpoints or samples unless asked."""
-    from survgen.training.loop import TrainConfig
+    from survgen.training.configs import TrainConfig
 
     base = dict(batch_size=4, lr=1e-3, checkpoint_every=1000, sample_every=1000, log_every=1, ema_decay=0.0,
                 num_workers=0)
@@ -27,7 +27,8 @@ def fast_train(**kw):
 
 @pytest.fixture(scope="session")
 def vae_run(synth_dataset, tmp_path_factory):
-    from survgen.training.autoencoder import AutoencoderStageConfig, train_autoencoder
+    from survgen.training.configs import AutoencoderStageConfig
+    from survgen.training.autoencoder import train_autoencoder
 
     out = tmp_path_factory.mktemp("runs") / "vae"
     train_autoencoder(synth_dataset, out, AutoencoderStageConfig(train=fast_train(steps=6, batch_size=8)),
@@ -38,7 +39,8 @@ def vae_run(synth_dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def spatial_run(synth_dataset, vae_run, tmp_path_factory):
     """A stage-1 run (30 steps) and its training result."""
-    from survgen.training.stage1 import SpatialStageConfig, train_spatial
+    from survgen.training.configs import SpatialStageConfig
+    from survgen.training.stage1 import train_spatial
 
     out = tmp_path_factory.mktemp("runs") / "spatial"
     cfg = SpatialStageConfig(vae=str(vae_run), sample_steps=2,
@@ -50,7 +52,8 @@ def spatial_run(synth_dataset, vae_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def temporal_run(synth_dataset, spatial_run, tmp_path_factory):
     """A stage-2 run for G7 (a few steps: enough to generate from, not to look good)."""
-    from survgen.training.stage2 import TemporalStageConfig, train_temporal
+    from survgen.training.configs import TemporalStageConfig
+    from survgen.training.stage2 import train_temporal
 
     out = tmp_path_factory.mktemp("runs") / "temporal-G7"
     cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=fast_train(steps=2, batch_size=2))

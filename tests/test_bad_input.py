@@ -90,8 +90,9 @@ def refused(result: subprocess.CompletedProcess, *named: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A small dataset, a finished tiny autoencoder run with two checkpoints, and the shipped runs, all copies."""
-    from survgen.training.autoencoder import AutoencoderStageConfig, train_autoencoder
-    from survgen.training.loop import TrainConfig
+    from survgen.training.configs import AutoencoderStageConfig
+    from survgen.training.autoencoder import train_autoencoder
+    from survgen.training.configs import TrainConfig
 
     root = tmp_path_factory.mktemp("bad-input")
     data = synthesize_dataset(root / "data", num_videos=4, frames_per_video=90, size=32)
@@ -150,7 +151,7 @@ def test_resume_of_a_finished_run_without_checkpoints_never_trains_over_it(here)
 
 def test_resume_with_another_request_names_each_difference(here):
     from survgen.config import config_to_dict
-    from survgen.training.stage2 import TemporalStageConfig
+    from survgen.training.configs import TemporalStageConfig
 
     temporal = here / "default" / "temporal"  # as a G7 run of this version, on the test data
     run = json.loads((temporal / "run.json").read_text())

@@ -8,10 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from survgen.models.baselines import BASELINES, BaselineConfig, build_baseline
+from survgen.presets import BASELINES
+from survgen.models.baselines import BaselineConfig, build_baseline
 from survgen.models.counts import PAPER_TRAINABLE, preset_parameter_counts
 from survgen.models.dino_prior import DinoPrior, DinoPriorError, load_dino, pearson
-from survgen.models.video_models import ARCHS, video_model_config, video_model_from_config
+from survgen.presets import ARCHS
+from survgen.models.video_models import video_model_config, video_model_from_config
 from tests.conftest import fast_train
 
 
@@ -222,7 +224,9 @@ def test_dino_prior_refuses_what_is_not_a_local_dino(tmp_path, tiny_dino):
 def test_train_temporal_arch_trains_the_whole_baseline_and_generate_samples_it(arch, synth_dataset, spatial_run,
                                                                               tmp_path, tiny_dino):
     from survgen.generation.run import GenerationConfig, generate
-    from survgen.training.stage2 import TemporalStageConfig, load_video_model, run_arch, train_temporal
+    from survgen.training.configs import TemporalStageConfig
+    from survgen.models.loading import load_video_model, video_model_arch
+    from survgen.training.stage2 import train_temporal
 
     out = tmp_path / arch
     cfg = TemporalStageConfig(arch=arch, classes=["G7"], sample_steps=2,
@@ -232,7 +236,7 @@ def test_train_temporal_arch_trains_the_whole_baseline_and_generate_samples_it(a
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
     weights = load_file(out / "model" / "temporal.safetensors")
     model, spatial, run = load_video_model(out)
-    assert run_arch(out) == arch and run.extra["arch"] == arch
+    assert video_model_arch(out) == arch and run.extra["arch"] == arch
     assert set(weights) == set(model.trainable_parameters())  # the whole model, nothing of the prior
     assert (out / "samples" / "step-000003" / "frames.png").exists()
 
@@ -243,14 +247,15 @@ def test_train_temporal_arch_trains_the_whole_baseline_and_generate_samples_it(a
     assert all((tmp_path / "gen" / v["file"]).exists() for v in manifest["videos"])
 
 
-def test_stage2_refuses_options_of_another_architecture(synth_dataset, spatial_run, tmp_path):
-    from survgen.training.stage2 import TemporalStageConfig, train_temporal
+def test_stage2_refuses_options_of_another_architecture():
+    """Refused when the stage config is made, so before anything loads or is written."""
+    from survgen.training.configs import TemporalStageConfig
 
-    for cfg, message in [(TemporalStageConfig(arch="lvdm", attention_layers=2), "shape survgen's temporal blocks"),
-                         (TemporalStageConfig(prior_dino="dino"), "use it with --arch endora"),
-                         (TemporalStageConfig(arch="unet"), "unknown --arch")]:
+    for options, message in [(dict(arch="lvdm", attention_layers=2), "shape survgen's temporal blocks"),
+                             (dict(prior_dino="dino"), "use it with --arch endora"),
+                             (dict(arch="unet"), "unknown --arch")]:
         with pytest.raises(ValueError, match=message):
-            train_temporal(synth_dataset, spatial_run[0], tmp_path / "t", cfg, progress=False)
+            TemporalStageConfig(**options)
 
 
 def test_cli_arch_options_and_their_refusals(synth_dataset, spatial_run, temporal_run, tmp_path):

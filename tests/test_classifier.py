@@ -12,14 +12,16 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from survgen.classes import ClassVocabulary
-from survgen.cli.app import app
+from survgen.cli import app
 from survgen.data.index import build_index
 from survgen.data.video import write_video
+from survgen.config import config_from_dict, config_to_dict
 from survgen.models.classifier import ClassifierConfig, VideoClassifier
 from survgen.runs import RunFolderError, RunInfo, read_run
-from survgen.training.classifier import (ClassifierStageConfig, ClipTooShortError, augment_clips, balanced_order,
-                                        class_weights, classify_videos, load_classifier, read_validation,
-                                        train_classifier)
+from survgen.training.configs import ClassifierStageConfig
+from survgen.models.classify import ClipTooShortError, classify_videos
+from survgen.training.classifier import augment_clips, balanced_order, class_weights, read_validation, train_classifier
+from survgen.models.loading import load_classifier
 from tests.conftest import fast_train
 
 SMALL = dict(image_size=32, clip_length=8)
@@ -50,7 +52,7 @@ def test_logits_and_features_have_the_documented_shapes():
 def test_presets_and_config_round_trip():
     config = ClassifierConfig.preset("r3d18", num_classes=8)
     assert config.widths == (64, 128, 256, 512) and config.image_size == 112
-    assert ClassifierConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert config_from_dict(ClassifierConfig, json.loads(json.dumps(config_to_dict(config)))) == config
     # torchvision's r3d_18 (400 classes: 33,371,472 parameters) with an 8-class head; GroupNorm has
     # BatchNorm's affine parameter count
     assert sum(p.numel() for p in VideoClassifier(config).parameters()) == 33_371_472 - 400 * 513 + 8 * 513
@@ -223,7 +225,7 @@ def test_classify_names_the_file_that_is_too_short_or_the_run_of_another_stage(c
 
 def test_the_classifier_reads_any_video_at_its_clip_rate(tmp_path):
     """A 60 fps and a 30 fps video of the same scene give the same clip: every 6th and every 3rd frame."""
-    from survgen.training.classifier import read_clip
+    from survgen.models.classify import read_clip
 
     frames60 = np.stack([np.full((16, 16, 3), 2 * i, np.uint8) for i in range(96)])  # brightness = frame time
     slow = write_video(tmp_path / "slow.avi", frames60[::2], fps=30)
@@ -237,3 +239,18 @@ def test_the_classifier_reads_any_video_at_its_clip_rate(tmp_path):
     torch.testing.assert_close(clip_fast[:, 0, 8, 8], expected, atol=0.05, rtol=0)
     with pytest.raises(ClipTooShortError, match="16 frames, 6 apart"):
         read_clip(write_video(tmp_path / "short.avi", frames60[:60], fps=60), config)
+
+
+def test_a_model_config_with_an_unknown_key_is_refused_naming_the_key_and_the_file(classifier_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "classifier"
+    shutil.copytree(classifier_run[0], run)
+    config_path = run / "model" / "classifier_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "widht": 3}))
+    with pytest.raises(ValueError, match=r"classifier_config.json: unknown ClassifierConfig options: widht"):
+        load_classifier(run)
+    config_path.write_text(json.dumps({**config, "image_size": "64"}))
+    with pytest.raises(ValueError, match=r"classifier_config.json: option image_size must be int"):
+        load_classifier(run)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from survgen.cli.app import app
+from survgen.cli import app
 from survgen.runs import read_run
 
 runner = CliRunner()
@@ -21,6 +21,33 @@ def test_help_lists_every_command_with_a_description():
     assert result.exit_code == 0
     for command in ("info", "train-vae", "train-spatial", "train-temporal", "data"):
         assert command in result.output
+
+
+RESOLVED_LATER = {"image_size", "train_text_encoder", "attention_layers", "workers"}
+
+
+@pytest.mark.parametrize("command, config", [("train-vae", "AutoencoderStageConfig"), ("train-spatial", "SpatialStageConfig"),
+                                             ("train-temporal", "TemporalStageConfig"),
+                                             ("train-classifier", "ClassifierStageConfig")])
+def test_help_shows_every_training_option_with_the_default_a_run_gets(command, config):
+    """Each flag that sets a config field defaults to that field's value, or says in words what it resolves to."""
+    import typer.main
+
+    from survgen.config import config_to_dict
+    from survgen.training import configs
+
+    defaults = config_to_dict(getattr(configs, config)())
+    flat = {**defaults, **{k: v for k, v in defaults["train"].items()}, "workers": defaults["train"]["num_workers"],
+            "val_every": defaults["train"]["sample_every"]}
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    set_by_flags = [name for name in params if name in flat]
+    assert len(set_by_flags) >= 8, set_by_flags
+    for name in set_by_flags:
+        shown = params[name].default
+        if flat[name] is None and name in RESOLVED_LATER:  # None in the config, resolved from the preset, the parent run, the machine
+            assert shown is None and isinstance(params[name].show_default, str), name
+        else:
+            assert shown == flat[name] or list(shown) == flat[name], (name, shown, flat[name])
 
 
 def test_info_reports_versions_backends_and_parameter_counts():

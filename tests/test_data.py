@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from survgen.classes import ClassVocabulary
-from survgen.cli.data import app
+from survgen.cli import app
 from survgen.data.datasets import ClipDataset, FrameDataset
 from survgen.data.index import DatasetError, build_index, video_id
 from survgen.data.video import VideoReadError, probe_video, read_frames, write_video
@@ -402,7 +402,7 @@ def test_damaged_dataset_never_hangs(damaged_dataset):
 def test_cli_synth_then_stats(tmp_path):
     runner = CliRunner()
     out = tmp_path / "synth"
-    args = ["synth", "--out", str(out), "--num-videos", "4", "--frames-per-video", "90", "--size", "32"]
+    args = ["data", "synth", "--out", str(out), "--num-videos", "4", "--frames-per-video", "90", "--size", "32"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
@@ -415,13 +415,13 @@ def test_cli_synth_then_stats(tmp_path):
     assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
 
     plot = tmp_path / "balance.png"
-    stats = runner.invoke(app, ["stats", str(out), "--plot", str(plot), "--json"])
+    stats = runner.invoke(app, ["data", "stats", str(out), "--plot", str(plot), "--json"])
     assert stats.exit_code == 0, stats.output
     report = json.loads(stats.stdout)
     assert [row["code"] for row in report["classes"]] == [f"G{i}" for i in range(8)]
     assert sum(row["clips"] for row in report["classes"]) == report["clips"] == len(build_index(out))
     assert report["plot"] == str(plot)
-    table = runner.invoke(app, ["stats", str(out), "--plot", str(plot)])  # replaces its own plot
+    table = runner.invoke(app, ["data", "stats", str(out), "--plot", str(plot)])  # replaces its own plot
     assert table.exit_code == 0 and "G7" in table.stdout and "returning/dropping" in table.stdout
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.width > 500
@@ -429,12 +429,12 @@ def test_cli_synth_then_stats(tmp_path):
 
 def test_cli_stats_prints_warnings_and_fails_cleanly(tmp_path, damaged_dataset):
     runner = CliRunner()
-    result = runner.invoke(app, ["stats", str(damaged_dataset)])
+    result = runner.invoke(app, ["data", "stats", str(damaged_dataset)])
     assert result.exit_code == 0, result.output
     assert "labelled frames" in result.stdout  # the table is the result: on stdout
     assert "warning:" in result.stderr and "video_90" in result.stderr and "truncated" in result.stderr
     assert not (damaged_dataset / "class_balance.png").exists()
 
-    empty = runner.invoke(app, ["stats", str(tmp_path)])
+    empty = runner.invoke(app, ["data", "stats", str(tmp_path)])
     assert empty.exit_code == 2 and "found no dataset" in empty.stderr
     assert "Traceback" not in empty.output

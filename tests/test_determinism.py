@@ -16,8 +16,8 @@ import torch
 
 from survgen.data.video import read_frames, write_video
 from survgen.generation.run import GenerationConfig, generate
-from survgen.generation.sampler import VideoSampler
-from survgen.training.stage2 import load_video_model
+from survgen.diffusion.video_sampler import VideoSampler
+from survgen.models.loading import load_video_model
 from survgen.visualize import to_uint8
 
 G3, G7 = 3, 7

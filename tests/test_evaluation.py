@@ -8,7 +8,7 @@ from survgen.classes import ClassVocabulary
 from survgen.evaluation.downstream import (DownstreamConfig, DownstreamError, mean_std, run_downstream, scores,
                                            summarise, time_points)
 from survgen.generation.run import GenerationConfig, generate
-from survgen.training.classifier import ClassifierStageConfig
+from survgen.training.configs import ClassifierStageConfig
 
 BINARY = ClassVocabulary(names=("no bleeding", "staple line bleeding"))
 
@@ -90,7 +90,7 @@ def generated(temporal_run, tmp_path_factory):
     """A generation folder for G7: judged by a scripted classifier that rejects every other candidate."""
     from test_generation import ScriptedClassifier
 
-    from survgen.training.stage2 import load_video_model
+    from survgen.models.loading import load_video_model
 
     judge = ScriptedClassifier([7, 0, 1], [0, 1, 2])  # G7 in the top-3, then not
     out = tmp_path_factory.mktemp("gen") / "rare"
@@ -177,7 +177,7 @@ def test_quality_of_a_set_against_itself_is_perfect_and_the_extractor_is_named(g
 def test_the_evaluate_commands_write_reports_and_refuse_bad_input(synth_dataset, generated, tmp_path):
     from typer.testing import CliRunner
 
-    from survgen.cli.app import app
+    from survgen.cli import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["evaluate", "quality", "--real", str(generated), "--fake", str(generated),

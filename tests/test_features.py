@@ -18,7 +18,8 @@ from survgen.evaluation.features import (
 )
 from survgen.models.classifier import ClassifierConfig, VideoClassifier
 from survgen.runs import RunInfo
-from survgen.training.classifier import ClipTooShortError, save_classifier
+from survgen.models.classify import ClipTooShortError
+from survgen.models.loading import save_classifier
 
 
 # The stand-ins are TorchScript, which recent torch marks deprecated; the published networks are TorchScript.

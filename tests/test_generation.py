@@ -13,9 +13,9 @@ from survgen.classes import ClassVocabulary
 from survgen.data.index import build_index
 from survgen.generation.candidates import accepted, candidate_seed
 from survgen.generation.run import GenerationConfig, GenerationError, generate
-from survgen.generation.sampler import VideoSampler
+from survgen.diffusion.video_sampler import VideoSampler
 from survgen.models.classifier import ClassifierConfig
-from survgen.training.stage2 import load_video_model
+from survgen.models.loading import load_video_model
 
 G0, G3, G7 = 0, 3, 7
 
@@ -233,7 +233,7 @@ def test_a_classifier_of_other_classes_is_refused(video_model, temporal_run, tmp
 def test_the_cli_generates_from_a_run_folder_and_a_rerun_continues_it(temporal_run, tmp_path):
     from typer.testing import CliRunner
 
-    from survgen.cli.app import app
+    from survgen.cli import app
 
     def cli(out, *extra):
         return CliRunner().invoke(app, ["generate", "--model", str(temporal_run), "--class", "G7", "--reject-topk",
@@ -255,7 +255,8 @@ def test_the_cli_generates_from_a_run_folder_and_a_rerun_continues_it(temporal_r
 def test_an_exported_default_generates_with_its_own_classifier(synth_dataset, temporal_run, tmp_path):
     from tests.conftest import fast_train
     from survgen.generation.default import export_default
-    from survgen.training.classifier import ClassifierStageConfig, train_classifier
+    from survgen.training.configs import ClassifierStageConfig
+    from survgen.training.classifier import train_classifier
 
     classifier_run = tmp_path / "classifier"
     train_classifier(synth_dataset, classifier_run,
@@ -272,7 +273,7 @@ def test_an_exported_default_generates_with_its_own_classifier(synth_dataset, te
 def test_the_shipped_default_generates_with_no_model_argument(tmp_path):
     from typer.testing import CliRunner
 
-    from survgen.cli.app import app
+    from survgen.cli import app
 
     out = tmp_path / "gen"
     result = CliRunner().invoke(app, ["generate", "--class", "G7", "--n", "1", "--steps", "3", "--max-candidates", "2",

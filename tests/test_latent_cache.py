@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from survgen.cli.app import app
+from survgen.cli import app
 from survgen.data.index import CLIP_FPS, build_index
 from survgen.data.latent_cache import (LatentCache, LatentCacheError, build_latent_cache, frames_per_video,
                                        open_latent_cache)
 from survgen.runs import read_run
-from survgen.training.stage1 import load_cache_vae
+from survgen.models.loading import load_vae
 from tests.conftest import fast_train
 
 
@@ -36,7 +36,7 @@ def index(data):
 @pytest.fixture(scope="module")
 def exact_cache(index, vae_run, tmp_path_factory):
     """A float32 cache of every clip frame, encoded with the stage-0 VAE (which stage 1 keeps frozen)."""
-    vae, _ = load_cache_vae(vae=vae_run)
+    vae, _ = load_vae(vae=vae_run)
     return build_latent_cache(index, vae, tmp_path_factory.mktemp("cache") / "exact", image_size=64,
                               vae_source=str(vae_run), dtype="float32")
 
@@ -44,7 +44,8 @@ def exact_cache(index, vae_run, tmp_path_factory):
 def test_a_stage1_step_from_the_cache_equals_encoding_on_the_fly(data, vae_run, exact_cache, tmp_path):
     """Equal to float32 round-off: the CPU convolutions give last-bit differences for a batch of one frame
     (the cache encodes a shard's last frame alone when a batch of 16 leaves one over)."""
-    from survgen.training.stage1 import SpatialStageConfig, train_spatial
+    from survgen.training.configs import SpatialStageConfig
+    from survgen.training.stage1 import train_spatial
 
     def run(name, cache):
         cfg = SpatialStageConfig(vae=str(vae_run), cache=cache, sample_steps=1,
@@ -57,7 +58,8 @@ def test_a_stage1_step_from_the_cache_equals_encoding_on_the_fly(data, vae_run, 
 
 def test_a_stage2_step_from_the_cache_equals_encoding_on_the_fly(data, spatial_run, exact_cache, tmp_path):
     """The cache was built with the stage-0 run's VAE, which the stage-1 run kept frozen (same VAE hash)."""
-    from survgen.training.stage2 import TemporalStageConfig, train_temporal
+    from survgen.training.configs import TemporalStageConfig
+    from survgen.training.stage2 import train_temporal
 
     def run(name, cache):
         cfg = TemporalStageConfig(classes=["G7"], cache=cache, sample_steps=1,
@@ -72,7 +74,7 @@ def test_cached_items_hold_the_posterior_of_the_same_frames(index, exact_cache, 
     from survgen.data.datasets import ClipDataset
     from survgen.data.latent_cache import CachedClipDataset
 
-    vae, _ = load_cache_vae(vae=vae_run)
+    vae, _ = load_vae(vae=vae_run)
     cached = CachedClipDataset(index, open_latent_cache(exact_cache, vae, 64))[5]
     with torch.no_grad():
         posterior = vae.encode(ClipDataset(index, size=64)[5]["pixels"]).latent_dist
@@ -82,7 +84,7 @@ def test_cached_items_hold_the_posterior_of_the_same_frames(index, exact_cache, 
 
 
 def test_a_cache_is_refused_for_another_vae_or_image_size(exact_cache, vae_run):
-    vae, _ = load_cache_vae(vae=vae_run)
+    vae, _ = load_vae(vae=vae_run)
     with pytest.raises(LatentCacheError, match="built at 64 px, but this training runs at 32 px.*--image-size 64"):
         open_latent_cache(exact_cache, vae, 32)
     with torch.no_grad():
@@ -97,7 +99,7 @@ def test_a_cache_is_refused_for_other_clips_another_dataset_or_a_changed_video(d
     data = shutil.copytree(data, tmp_path / "data")
     first, second = build_index(data).video_ids()
     index = build_index(data, clip_fps=CLIP_FPS).for_video_ids([first])
-    vae, _ = load_cache_vae(vae=vae_run)
+    vae, _ = load_vae(vae=vae_run)
     cache = open_latent_cache(build_latent_cache(index, vae, tmp_path / "cache", image_size=64,
                                                  vae_source=str(vae_run)), vae, 64)
 
@@ -121,7 +123,7 @@ class Killed(Exception):
 
 def test_a_killed_build_continues_where_it_stopped(index, vae_run, exact_cache, tmp_path):
     part = index.for_video_ids(index.video_ids()[:2])
-    vae, _ = load_cache_vae(vae=vae_run)
+    vae, _ = load_vae(vae=vae_run)
     out = tmp_path / "cache"
     options = dict(image_size=64, vae_source=str(vae_run), dtype="float32", frames_per_shard=32)
 

@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_leaves
 from typer.testing import CliRunner
 
 from survgen.classes import ClassVocabulary
-from survgen.models.memory import GiB, temporal_stage_memory, training_memory
+from survgen.training.memory import GiB, temporal_stage_memory, training_memory
 from survgen.models.spatial import build_tiny
 from survgen.models.video_models import build_video_model
 
@@ -124,7 +124,7 @@ def test_saved_activations_grow_with_the_batch():
 
 
 def test_info_memory_prints_both_stages_as_json():
-    from survgen.cli.app import app
+    from survgen.cli import app
 
     result = CliRunner().invoke(app, ["info", "--preset", "tiny", "--memory", "--batch-size", "2", "--json"])
     assert result.exit_code == 0, result.output

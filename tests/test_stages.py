@@ -10,8 +10,11 @@ from survgen.kernels import use_backend
 from survgen.models.spatial import load_spatial
 from survgen.runs import RunFolderError, read_run
 from tests.conftest import fast_train
-from survgen.training.stage1 import SpatialStageConfig, train_spatial
-from survgen.training.stage2 import TemporalStageConfig, load_video_model, train_temporal
+from survgen.training.configs import SpatialStageConfig
+from survgen.training.stage1 import train_spatial
+from survgen.training.configs import TemporalStageConfig
+from survgen.models.loading import load_video_model
+from survgen.training.stage2 import train_temporal
 
 
 def test_autoencoder_run_exports_a_scaled_vae(vae_run):
@@ -107,9 +110,10 @@ def test_stage1_image_size_follows_the_preset_and_is_stored(spatial_run):
 
 def test_stage2_drops_prompt_and_class_together(synth_dataset, spatial_run, monkeypatch):
     """The unconditional branch sampling uses (no prompt, no class) is what dropout trains."""
+    from survgen.models.loading import load_spatial_run
     from survgen.training import stage2
 
-    spatial, _ = stage2.load_spatial_run(spatial_run[0])
+    spatial, _ = load_spatial_run(spatial_run[0])
     video_model = stage2.build_video_model("survgen", spatial, preset="tiny", num_classes=8, latent_size=16,
                                            temporal=stage2.TEMPORAL_PRESETS["tiny"])
     trainee = stage2.TemporalTrainee(video_model, spatial)

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from survgen.training.checkpoint import read_latest_checkpoint
-from survgen.training.loop import PlannedBatches, TrainConfig, TrainingDivergedError, check_trainable, loader_workers
+from survgen.training.loop import PlannedBatches, TrainingDivergedError, check_trainable, loader_workers
+from survgen.training.configs import TrainConfig
 from toy_training import ToyModel, run, toy_loss
 
 HERE = Path(__file__).parent

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from survgen.training.loop import TrainConfig, train
+from survgen.training.configs import TrainConfig
+from survgen.training.loop import train
 
 
 class ToyData(Dataset):

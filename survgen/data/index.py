@@ -369,6 +369,27 @@ def _segments_from_points(video: Path, vid: str, points: list[tuple[int, int | N
 
 
 def _read_csv_layout(root: Path, csv_path: Path, vocabulary: ClassVocabulary, warnings: _Warnings):
+    wanted = _csv_rows_by_video(root, csv_path, _read_csv_rows(csv_path), vocabulary, warnings)
+    videos: dict[Path, VideoInfo] = {}
+    segments: list[Segment] = []
+    for video in sorted(wanted, key=lambda p: _natural_key(str(p))):
+        if video.suffix.lower() not in VIDEO_SUFFIXES:
+            warnings.add(f"{csv_path}: {video} does not look like a video ({', '.join(VIDEO_SUFFIXES)}); trying anyway")
+        info = _probe(video, warnings)
+        if info is None:
+            continue
+        videos[video] = info
+        try:
+            rel = video.relative_to(root)
+        except ValueError:
+            rel = video
+        vid = str(rel.with_name(video_id(rel.stem)))
+        segments += _csv_segments(csv_path, video, vid, info, wanted[video], warnings)
+    return videos, segments
+
+
+def _read_csv_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
+    """`(line number, {column: stripped value})` per row; raises `DatasetError` for a missing or unreadable CSV."""
     if not csv_path.is_file():
         raise DatasetError(f"{csv_path}: no such labels CSV; expected one with the header {','.join(CSV_COLUMNS)}")
     try:
@@ -381,11 +402,15 @@ def _read_csv_layout(root: Path, csv_path: Path, vocabulary: ClassVocabulary, wa
                     f"{csv_path}: header {','.join(header) or '(empty)'} lacks {', '.join(missing)}; "
                     f"the first line must be {','.join(CSV_COLUMNS)}"
                 )
-            rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k}) for row in reader]
+            return [(reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k}) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{csv_path}: cannot read ({e})") from None
 
-    wanted: dict[Path, list[tuple[int, int, int, int]]] = defaultdict(list)  # video -> (line, start, end, class)
+
+def _csv_rows_by_video(root: Path, csv_path: Path, rows: list[tuple[int, dict[str, str]]],
+                       vocabulary: ClassVocabulary, warnings: _Warnings) -> dict[Path, list[tuple[int, int, int, int]]]:
+    """The valid rows as `(line, start, end, class_id)` per video path; each invalid row becomes a warning."""
+    wanted: dict[Path, list[tuple[int, int, int, int]]] = defaultdict(list)
     for line, row in rows:
         try:
             start, end = int(row["start_frame"]), int(row["end_frame"])
@@ -403,37 +428,29 @@ def _read_csv_layout(root: Path, csv_path: Path, vocabulary: ClassVocabulary, wa
             continue
         video = Path(row["video"])
         wanted[video if video.is_absolute() else root / video].append((line, start, end, class_id))
+    return wanted
 
-    videos: dict[Path, VideoInfo] = {}
+
+def _csv_segments(csv_path: Path, video: Path, vid: str, info: VideoInfo, rows: list[tuple[int, int, int, int]],
+                  warnings: _Warnings) -> list[Segment]:
+    """One video's segments from its rows, in frame order: rows past its end dropped or cut, overlaps skipped."""
     segments: list[Segment] = []
-    for video in sorted(wanted, key=lambda p: _natural_key(str(p))):
-        if video.suffix.lower() not in VIDEO_SUFFIXES:
-            warnings.add(f"{csv_path}: {video} does not look like a video ({', '.join(VIDEO_SUFFIXES)}); trying anyway")
-        info = _probe(video, warnings)
-        if info is None:
+    taken_until = -1
+    for line, start, end, class_id in sorted(rows, key=lambda r: r[1]):
+        if start >= info.num_frames:
+            warnings.add(f"{csv_path}:{line}: start_frame {start} lies past the end of {video.name} "
+                         f"({info.num_frames} frames); row dropped")
             continue
-        videos[video] = info
-        try:
-            rel = video.relative_to(root)
-        except ValueError:
-            rel = video
-        vid = str(rel.with_name(video_id(rel.stem)))
-        taken_until = -1
-        for line, start, end, class_id in sorted(wanted[video], key=lambda r: r[1]):
-            if start >= info.num_frames:
-                warnings.add(f"{csv_path}:{line}: start_frame {start} lies past the end of {video.name} "
-                             f"({info.num_frames} frames); row dropped")
-                continue
-            if end > info.num_frames:
-                warnings.add(f"{csv_path}:{line}: end_frame {end} lies past the end of {video.name} "
-                             f"({info.num_frames} frames); cut to {info.num_frames}")
-                end = info.num_frames
-            if start < taken_until:
-                warnings.add(f"{csv_path}:{line}: frames {start}-{end} overlap an earlier row of {video.name}; row skipped")
-                continue
-            segments.append(Segment(video, vid, start, end, class_id))
-            taken_until = end
-    return videos, segments
+        if end > info.num_frames:
+            warnings.add(f"{csv_path}:{line}: end_frame {end} lies past the end of {video.name} "
+                         f"({info.num_frames} frames); cut to {info.num_frames}")
+            end = info.num_frames
+        if start < taken_until:
+            warnings.add(f"{csv_path}:{line}: frames {start}-{end} overlap an earlier row of {video.name}; row skipped")
+            continue
+        segments.append(Segment(video, vid, start, end, class_id))
+        taken_until = end
+    return segments
 
 
 def _clips(videos: dict[Path, VideoInfo], segments: list[Segment], clip_length: int, strides: dict[Path, int],

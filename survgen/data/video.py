@@ -2,15 +2,10 @@
 
 Decoding backend: PyAV by default; `SURVGEN_VIDEO_BACKEND=decord` (or
 `survgen --video-backend decord`) selects decord, imported only then. decord
-is kept for comparison, not recommended: its reader runs a decoder thread that
-can still be converting a frame when the interpreter exits, and then the
-process dies in its teardown (SIGSEGV or `double free or corruption` in
-`decord::runtime::NDArray::Empty`, called from
-`FFMPEGThreadedDecoder::WorkerThreadImpl`), after the work is done; closing
-its readers at exit instead can hang in the thread join. It also returns
-other frames than asked for from H.264 with B-frames in AVI (the container
-of SAR-RARP50's recordings; asked for frame 24 of a file with a keyframe every 24 frames, it
-gives frame 0), and refuses some small frame sizes. On MP4 and MJPEG AVI the
+is kept for comparison, not recommended: it can crash (or, with its readers
+closed at exit, hang) when the interpreter exits, returns other frames than
+asked for from H.264 with B-frames in AVI (SAR-RARP50's container), and
+refuses some small frame sizes (benchmarks/NOTES.md). On MP4 and MJPEG AVI the
 two backends give the same frames (tests/test_video_backends.py).
 
 Every file is probed once with PyAV: its packets are demuxed (not decoded) and
@@ -18,9 +13,9 @@ counted, which always ends at the end of the file. A damaged packet means a
 truncated or corrupt file and raises `VideoReadError`; otherwise that count is
 the frame count used everywhere, and `read_frames` refuses any index past it
 (decord, given a header that over-reports, would otherwise spin forever in
-native code, dmlc/decord#373). The probe also notes where the keyframes are,
-so that a read seeks to the keyframe at or before its first frame and decodes
-forward from there.
+native code). The probe also notes where the keyframes are, so that a read
+seeks to the keyframe at or before its first frame and decodes forward from
+there.
 """
 
 from __future__ import annotations
@@ -302,7 +297,7 @@ def _decode_from_start(path: Path, unique: list[int], size: int | None) -> dict:
 def _rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
     if size is None:
         return frame.to_ndarray(format="rgb24")
-    # BILINEAR: 3x faster than AREA here at 1080p -> 256, and antialiased all the same.
+    # BILINEAR rather than AREA: faster at large shrink factors, and antialiased all the same.
     return frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BILINEAR")
 
 
@@ -396,9 +391,8 @@ def _write_with_pyav(tmp: Path, frames: np.ndarray, fps: float, container_format
     if container_format == "avi":
         codec, pix_fmt, options = "mjpeg", "yuvj444p", {}
     elif "libx264" in av.codecs_available:
-        # Without macroblock-tree rate control: with it, libx264 read uninitialised memory at most frame widths
-        # (64, 80, 96, 112, 144-240 px measured), and the same frames encoded to files whose decoded pixels
-        # differed by up to 23/255 from one encode to the next. Files are ~12 % larger at CRF 18, PSNR no lower.
+        # Without macroblock-tree rate control, which makes libx264 encode the same frames differently from
+        # one run to the next at most frame widths (benchmarks/NOTES.md).
         codec, pix_fmt, options = "libx264", "yuv420p", {"crf": "18", "preset": "medium", "x264-params": "no-mbtree=1"}
     else:
         codec, pix_fmt, options = "mpeg4", "yuv420p", {}

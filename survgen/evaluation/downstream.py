@@ -42,6 +42,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -56,8 +57,9 @@ from survgen.data.datasets import to_pixels
 from survgen.data.index import DatasetError, VideoIndex, build_index
 from survgen.data.video import read_frames
 from survgen.io import output_folder, write_json_atomic, write_text_atomic
-from survgen.training.classifier import ClassifierStageConfig, load_classifier, train_classifier
-from survgen.training.loop import TrainConfig
+from survgen.models.loading import load_classifier
+from survgen.training.classifier import train_classifier
+from survgen.training.configs import ClassifierStageConfig, TrainConfig
 
 RESULTS = "downstream.json"
 TEST_RESULTS = "test.json"
@@ -338,11 +340,11 @@ def generator_saw_test(synthetic: Path, test_videos: list[Path]) -> str | None:
         return None
     if not run.data:
         return None
-    data = run.data_path.resolve()
-    leaked = [v for v in test_videos if v.resolve().is_relative_to(data)]
-    if leaked:
-        return (f"{synthetic}: its generator ({run.folder}) was trained on {data}, which holds test "
-                f"video(s) such as {leaked[0]}: the synthetic arms may have seen the test set")
+    data = run.data_path
+    leaked = [v for v in test_videos if v.resolve().is_relative_to(data.resolve())]
+    if leaked:  # paths as given (resolved only to compare): the warning is kept in downstream.json and report.md
+        return (f"{synthetic}: its generator ({run.folder}) was trained on {os.path.normpath(data)}, which holds "
+                f"test video(s) such as {leaked[0]}: the synthetic arms may have seen the test set")
     return None
 
 
@@ -355,22 +357,8 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
     test = Path(test) if test is not None else None
     request = _request(real, test, synthetic, cfg)
     _open(out, request)
-    clf = cfg.classifier
-    real_index = build_index(real, clip_length=clf.clip_length, clip_fps=clf.clip_fps)
-    vocabulary = real_index.vocabulary
-    if test is None:
-        train_index, test_index = real_index.split_by_video(cfg.test_fraction, seed=cfg.split_seed)
-        if len(test_index) == 0:
-            raise DownstreamError(f"{real}: too few recordings ({len(real_index.video_ids())}) to hold out a test "
-                                  "set; give a separate one with --test DIR")
-    else:
-        train_index = real_index
-        test_index = build_index(test, clip_length=clf.clip_length, clip_fps=clf.clip_fps,
-                                 vocabulary=vocabulary)
-        shared = set(train_index.videos) & set(test_index.videos)
-        if shared:
-            raise DownstreamError(f"{test}: shares video files with {real} (e.g. {sorted(shared)[0]}); the test "
-                                  "videos must be recordings no arm trains on")
+    train_index, test_index = training_and_test_sets(real, test, cfg)
+    vocabulary = train_index.vocabulary
     arms = [Arm(name="real", slug="real")]
     for folder in synthetic:
         arms += synthetic_arms(folder, vocabulary, cfg, out / "runs")
@@ -378,22 +366,7 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
     points = time_points(test_index, cfg.test_step, warnings)
     if not points:
         raise DatasetError(f"{test or real}: no labelled time point in the test videos to score")
-    truth = [p.class_id for p in points]
-    test_videos = [p.video_id for p in points]
-    results = {
-        "request": request,
-        "vocabulary": vocabulary.to_dict(),
-        "train": {"videos": train_index.video_ids(), "clips": {vocabulary.code(c): n for c, n in
-                                                               train_index.class_counts().items()}},
-        "test": {"videos": test_index.video_ids(), "points": len(points),
-                 "points_per_class": {vocabulary.code(c): truth.count(c) for c in range(len(vocabulary))},
-                 "videos_per_class": {vocabulary.code(c): len({v for v, y in zip(test_videos, truth) if y == c})
-                                      for c in range(len(vocabulary))}},
-        "arms": [{"name": a.name, "slug": a.slug, **a.source,
-                  "synthetic_clips": {vocabulary.code(c): n for c, n in a.synthetic_counts().items() if n}}
-                 for a in arms],
-        "runs": [], "warnings": warnings,
-    }
+    results = _results_without_runs(request, vocabulary, train_index, test_index, points, arms, warnings)
     for w in warnings:
         warn(w)
     out.mkdir(parents=True, exist_ok=True)
@@ -401,27 +374,77 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
     for arm in arms:
         index = combine(train_index, arm.synthetic)
         for seed in cfg.seeds:
-            folder = out / "runs" / arm.slug / f"seed-{seed}"
-            done = folder / TEST_RESULTS
-            if done.exists():
-                record = json.loads(done.read_text())
-            else:
-                if progress:
-                    say(f"{arm.name}, seed {seed}: training on {len(index)} clips "
-                        f"({clf.train.steps} steps × {clf.train.batch_size})")
-                run_cfg = dataclasses.replace(clf, train=dataclasses.replace(clf.train, seed=seed))
-                train_classifier(real, folder, run_cfg, resume=(folder / "run.json").exists(), progress=progress,
-                                 index=index)
-                model, _, _ = load_classifier(folder)
-                predicted = predict(model, points)
-                record = {"arm": arm.name, "seed": seed, "train_clips": len(index),
-                          "test": scores(truth, predicted, test_videos, vocabulary),
-                          "predictions": [{"video": str(p.video), "time": p.time, "truth": p.class_id, "predicted": y}
-                                          for p, y in zip(points, predicted)]}
-                write_json_atomic(done, record)
+            record = train_and_score(real, out / "runs" / arm.slug / f"seed-{seed}", arm, seed, index, points,
+                                     vocabulary, cfg.classifier, progress)
             results["runs"].append({k: v for k, v in record.items() if k != "predictions"})
             results["summary"] = summarise(results["runs"], arms, vocabulary)
-            write_json_atomic(out / RESULTS, results)
+            write_json_atomic(out / RESULTS, results)  # after every run, so a killed job keeps what it finished
     results["seconds_this_session"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / RESULTS, results)
     return results
+
+
+def training_and_test_sets(real: Path, test: Path | None, cfg: DownstreamConfig) -> tuple[VideoIndex, VideoIndex]:
+    """The real training recordings and the test recordings: the `test` folder, or a share of `real` split off
+    by recording."""
+    clf = cfg.classifier
+    real_index = build_index(real, clip_length=clf.clip_length, clip_fps=clf.clip_fps)
+    if test is None:
+        train_index, test_index = real_index.split_by_video(cfg.test_fraction, seed=cfg.split_seed)
+        if len(test_index) == 0:
+            raise DownstreamError(f"{real}: too few recordings ({len(real_index.video_ids())}) to hold out a test "
+                                  "set; give a separate one with --test DIR")
+        return train_index, test_index
+    test_index = build_index(test, clip_length=clf.clip_length, clip_fps=clf.clip_fps,
+                             vocabulary=real_index.vocabulary)
+    shared = set(real_index.videos) & set(test_index.videos)
+    if shared:
+        raise DownstreamError(f"{test}: shares video files with {real} (e.g. {sorted(shared)[0]}); the test "
+                              "videos must be recordings no arm trains on")
+    return real_index, test_index
+
+
+def _results_without_runs(request: dict, vocabulary: ClassVocabulary, train_index: VideoIndex,
+                          test_index: VideoIndex, points: list[TimePoint], arms: list[Arm],
+                          warnings: list[str]) -> dict:
+    """downstream.json before any run: the request, the training and test sets, and the arms."""
+    truth = [p.class_id for p in points]
+    test_videos = [p.video_id for p in points]
+    codes = {c: vocabulary.code(c) for c in range(len(vocabulary))}
+    return {
+        "request": request,
+        "vocabulary": vocabulary.to_dict(),
+        "train": {"videos": train_index.video_ids(),
+                  "clips": {vocabulary.code(c): n for c, n in train_index.class_counts().items()}},
+        "test": {"videos": test_index.video_ids(), "points": len(points),
+                 "points_per_class": {code: truth.count(c) for c, code in codes.items()},
+                 "videos_per_class": {code: len({v for v, y in zip(test_videos, truth) if y == c})
+                                      for c, code in codes.items()}},
+        "arms": [{"name": a.name, "slug": a.slug, **a.source,
+                  "synthetic_clips": {vocabulary.code(c): n for c, n in a.synthetic_counts().items() if n}}
+                 for a in arms],
+        "runs": [], "warnings": warnings,
+    }
+
+
+def train_and_score(real: Path, folder: Path, arm: Arm, seed: int, index: VideoIndex, points: list[TimePoint],
+                    vocabulary: ClassVocabulary, clf: ClassifierStageConfig, progress: bool) -> dict:
+    """One arm and seed: train its classifier in `folder`, score it on the test points, and keep the record in
+    `folder/test.json`; a finished run's record is read back, never retrained."""
+    done = folder / TEST_RESULTS
+    if done.exists():
+        return json.loads(done.read_text())
+    if progress:
+        say(f"{arm.name}, seed {seed}: training on {len(index)} clips "
+            f"({clf.train.steps} steps × {clf.train.batch_size})")
+    run_cfg = dataclasses.replace(clf, train=dataclasses.replace(clf.train, seed=seed))
+    train_classifier(real, folder, run_cfg, resume=(folder / "run.json").exists(), progress=progress, index=index)
+    model, _, _ = load_classifier(folder)
+    predicted = predict(model, points)
+    truth = [p.class_id for p in points]
+    record = {"arm": arm.name, "seed": seed, "train_clips": len(index),
+              "test": scores(truth, predicted, [p.video_id for p in points], vocabulary),
+              "predictions": [{"video": str(p.video), "time": p.time, "truth": p.class_id, "predicted": y}
+                              for p, y in zip(points, predicted)]}
+    write_json_atomic(done, record)
+    return record

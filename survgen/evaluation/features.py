@@ -41,8 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from survgen.io import shown_path
 from survgen.models.classifier import VideoClassifier
-from survgen.training.classifier import _as_clip, load_classifier
+from survgen.models.classify import as_clip
+from survgen.models.loading import load_classifier
 
 INCEPTION_SIZE = 299  # Inception-v3's input size
 I3D_SIZE = 224  # the FVD reference's I3D input size
@@ -166,18 +168,18 @@ class ClassifierFeatures(FeatureExtractor):
         """The exported classifier of a `train-classifier` run folder."""
         model, vocabulary, _ = load_classifier(run_folder, device)
         classes = f"{vocabulary.code(0)}-{vocabulary.code(len(vocabulary) - 1)}"
-        return cls(model, f"survgen classifier ({classes}, run {run_folder})", batch_size=batch_size)
+        return cls(model, f"survgen classifier ({classes}, run {shown_path(run_folder)})", batch_size=batch_size)
 
     def _frames(self, frames: torch.Tensor) -> torch.Tensor:
-        # The classifier's own resize, by giving the batch of frames to `_as_clip` as one video of that length.
+        # The classifier's own resize, by giving the batch of frames to `as_clip` as one video of that length.
         config = self.module.config
-        resized = _as_clip(frames, replace(config, clip_length=len(frames)), "frames", fps=None)
+        resized = as_clip(frames, replace(config, clip_length=len(frames)), "frames", fps=None)
         stills = resized[:, None].expand(-1, config.clip_length, -1, -1, -1)
         return self.module.features(stills)
 
     def _clips(self, clips: torch.Tensor) -> torch.Tensor:
         config = self.module.config
-        return self.module.features(torch.stack([_as_clip(clip, config, "clips", fps=None) for clip in clips]))
+        return self.module.features(torch.stack([as_clip(clip, config, "clips", fps=None) for clip in clips]))
 
 
 # ---------------------------------------------------------------- TorchScript networks (Inception-v3, I3D)

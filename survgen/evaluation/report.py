@@ -7,9 +7,11 @@ that produced them. Pictures:
 
     class_balance_real.png, class_balance_with_synthetic.png   clips per class before and after
     scores_jaccard.png, scores_f1.png                          per-class scores of the arms, ± std over seeds
-    acceptance.png                                             acceptance rate of rejection sampling per class
-    real_vs_generated.png                                      real and generated frames, a row pair per class
-    generated_GK.gif                                           a few generated clips of class K side by side
+    acceptance_SET.png                                         acceptance rate of rejection sampling per class
+    real_vs_generated_SET.png                                  real and generated frames, a row pair per class
+    generated_SET_GK.gif                                       a few generated clips of class K side by side
+
+(SET: the name of the generation folder.) Paths are shown as the user gave them (`shown_path`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from survgen.data.datasets import to_pixels
 from survgen.data.index import build_index
 from survgen.data.stats import class_balance_plot
 from survgen.data.video import read_frames, write_video
-from survgen.io import PNG_SOFTWARE, atomic_path, write_text_atomic
+from survgen.io import PNG_SOFTWARE, atomic_path, shown_path, write_text_atomic
 from survgen.visualize import grid, save_png, to_uint8
 
 REPORT = "report.md"
@@ -204,10 +206,10 @@ def synthetic_section(real: Path, synthetic: Path, folder: Path, heading: str = 
     slug = synthetic.name
     topk = config["reject_topk"]
     lines = [f"{heading} Synthetic videos: `{synthetic}`", "",
-             f"- generator: `{manifest['model']['run']}` (temporal weights sha256 "
+             f"- generator: `{shown_path(manifest['model']['run'])}` (temporal weights sha256 "
              f"`{manifest['model']['temporal_sha256'][:16]}…`, spatial U-Net sha256 "
              f"`{(manifest['model'].get('spatial_unet_sha256') or '–')[:16]}…`)",
-             f"- rejection classifier: `{manifest['request']['classifier']}`, keep a video iff its class is in the "
+             f"- rejection classifier: `{shown_path(manifest['request']['classifier'])}`, keep a video iff its class is in the "
              f"top-{topk}" if topk else "- no rejection sampling (`--reject-topk 0`)",
              f"- sampler {config['sampler']}, {config['steps']} steps, guidance {config['guidance']}, "
              f"{config['num_frames']} frames, seed {config['seed']}", ""]
@@ -235,63 +237,11 @@ def write_downstream_report(results: dict, folder: str | Path, *, command: str |
     """`folder/report.md` and its pictures from `run_downstream`'s results."""
     folder = Path(folder)
     vocabulary = ClassVocabulary.from_dict(results["vocabulary"])
-    codes = [vocabulary.code(c) for c in range(len(vocabulary))]
-    summary = results["summary"]
-    arms = results["arms"]
-    config = results["request"]["config"]
-    clf = config["classifier"]
-    rare = sorted({code for arm in arms for code in arm.get("synthetic_clips", {})}, key=codes.index)
-    real_name = arms[0]["name"]
-
     lines = ["# Downstream test: does synthetic data help the recogniser?", "",
-             provenance(command, results.get("seconds_this_session"), resumable=True), "",
-             "## Set-up", "",
-             f"- real training data: `{results['request']['real']}` ({len(results['train']['videos'])} recordings)",
-             f"- test data: {'`' + results['request']['test'] + '`' if results['request']['test'] else 'held out from the real data, split by recording'} "
-             f"({len(results['test']['videos'])} recordings, {results['test']['points']} labelled time points, "
-             f"one every {config['test_step']} frames)",
-             f"- recogniser: survgen video classifier, preset `{clf['preset']}`"
-             f"{', ' + str(clf['image_size']) + ' px' if clf['image_size'] else ''}, {clf['clip_length']}-frame "
-             f"clips; {clf['train']['steps']} steps × batch {clf['train']['batch_size']}, lr {clf['train']['lr']}, "
-             f"class balance `{clf['balance']}`; the same budget for every arm",
-             f"- seeds: {', '.join(map(str, config['seeds']))} (mean ± sample standard deviation over them)", ""]
-    rows = [[a["name"], ", ".join(f"{c} +{n}" for c, n in a.get("synthetic_clips", {}).items()) or "–",
-             "yes" if a.get("rejection_sampling") else ("–" if a["name"] == real_name else "no")] for a in arms]
-    lines += [markdown_table(["arm", "synthetic clips added", "rejection sampling"], rows, "lll"), ""]
-
-    lines += ["## Results on the test videos", ""]
-    headline = ["balanced_accuracy", "macro_f1", "accuracy"] + (["f1_positive"] if len(vocabulary) == 2 else [])
-    rows = [[arm] + [mean_std_text(summary[arm][k]) for k in headline] for arm in summary]
-    lines += [markdown_table(["arm"] + [k.replace("_", " ") for k in headline], rows), ""]
-    for metric, title in (("jaccard", "Jaccard index per class (video-wise, as in the paper)"),
-                          ("f1", "F1 per class (all test time points)")):
-        header = ["class", "test points"] + [f"{arm}" for arm in summary] + [f"Δ {arm}" for arm in list(summary)[1:]]
-        rows = []
-        for code in codes:
-            entries = [summary[arm]["per_class"][code][metric] for arm in summary]
-            mark = " (rare)" if code in rare else ""
-            rows.append([f"{code}{mark}", str(results["test"]["points_per_class"][code])]
-                        + [mean_std_text(e) for e in entries] + [signed(e["delta"]) for e in entries[1:]])
-        lines += [f"### {title}", "", markdown_table(header, rows), "",
-                  f"Δ: change of the mean against `{real_name}`. "
-                  + ("Classes with synthetic videos: " + ", ".join(rare) + "." if rare else ""), ""]
-        ticks = {code: code + ("*" if code in rare else "")
-                 + ("" if results["test"]["points_per_class"][code] else "\n(not in test)") for code in codes}
-        score_bars(summary, metric, ticks, folder / f"scores_{metric}.png", title + "; * synthetic videos added")
-        lines += [f"![{metric} per class](scores_{metric}.png)", ""]
-
-    lines += ["## Class balance", ""]
-    train_clips = {vocabulary.resolve(c): n for c, n in results["train"]["clips"].items()}
-    class_balance_plot(train_clips, vocabulary, folder / "class_balance_real.png", "Training clips: real only")
-    lines += ["![real](class_balance_real.png)", ""]
-    with_synthetic = next((a for a in arms if a.get("rejection_sampling")), arms[1] if len(arms) > 1 else None)
-    if with_synthetic is not None:
-        added = {c: n + with_synthetic.get("synthetic_clips", {}).get(vocabulary.code(c), 0)
-                 for c, n in train_clips.items()}
-        class_balance_plot(added, vocabulary, folder / "class_balance_with_synthetic.png",
-                           f"Training clips: {with_synthetic['name']}")
-        lines += ["![with synthetic](class_balance_with_synthetic.png)", ""]
-
+             provenance(command, results.get("seconds_this_session"), resumable=True), ""]
+    lines += _setup_section(results)
+    lines += _results_section(results, vocabulary, folder)
+    lines += _class_balance_section(results, vocabulary, folder)
     real = Path(results["request"]["real"])
     for synthetic in results["request"]["synthetic"]:
         lines += [synthetic_section(real, Path(synthetic), folder), ""]
@@ -302,6 +252,84 @@ def write_downstream_report(results: dict, folder: str | Path, *, command: str |
     path = folder / REPORT
     write_text_atomic(path, "\n".join(lines))
     return path
+
+
+def _setup_section(results: dict) -> list[str]:
+    """The real and test data, the recogniser and its budget, the seeds, and what each arm adds."""
+    request, arms = results["request"], results["arms"]
+    config = request["config"]
+    clf = config["classifier"]
+    test = f"`{request['test']}`" if request["test"] else "held out from the real data, split by recording"
+    size = f", {clf['image_size']} px" if clf["image_size"] else ""
+    lines = ["## Set-up", "",
+             f"- real training data: `{request['real']}` ({len(results['train']['videos'])} recordings)",
+             f"- test data: {test} ({len(results['test']['videos'])} recordings, {results['test']['points']} "
+             f"labelled time points, one every {config['test_step']} frames)",
+             f"- recogniser: survgen video classifier, preset `{clf['preset']}`{size}, {clf['clip_length']}-frame "
+             f"clips; {clf['train']['steps']} steps × batch {clf['train']['batch_size']}, lr {clf['train']['lr']}, "
+             f"class balance `{clf['balance']}`; the same budget for every arm",
+             f"- seeds: {', '.join(map(str, config['seeds']))} (mean ± sample standard deviation over them)", ""]
+    real_name = arms[0]["name"]
+    rows = [[a["name"], ", ".join(f"{c} +{n}" for c, n in a.get("synthetic_clips", {}).items()) or "–",
+             "yes" if a.get("rejection_sampling") else ("–" if a["name"] == real_name else "no")] for a in arms]
+    return lines + [markdown_table(["arm", "synthetic clips added", "rejection sampling"], rows, "lll"), ""]
+
+
+def _results_section(results: dict, vocabulary: ClassVocabulary, folder: Path) -> list[str]:
+    """The headline scores of each arm (mean ± std over seeds), then Jaccard and F1 per class with plots."""
+    summary = results["summary"]
+    headline = ["balanced_accuracy", "macro_f1", "accuracy"] + (["f1_positive"] if len(vocabulary) == 2 else [])
+    rows = [[arm] + [mean_std_text(summary[arm][k]) for k in headline] for arm in summary]
+    lines = ["## Results on the test videos", "",
+             markdown_table(["arm"] + [k.replace("_", " ") for k in headline], rows), ""]
+    for metric, title in (("jaccard", "Jaccard index per class (video-wise, as in the paper)"),
+                          ("f1", "F1 per class (all test time points)")):
+        lines += _per_class_scores(results, vocabulary, metric, title, folder)
+    return lines
+
+
+def _per_class_scores(results: dict, vocabulary: ClassVocabulary, metric: str, title: str, folder: Path) -> list[str]:
+    """One metric per class for every arm, with its change against real, as a table and as `scores_METRIC.png`."""
+    summary, points = results["summary"], results["test"]["points_per_class"]
+    codes = [vocabulary.code(c) for c in range(len(vocabulary))]
+    rare = synthetic_classes(results["arms"], codes)
+    arms = list(summary)
+    header = ["class", "test points"] + arms + [f"Δ {arm}" for arm in arms[1:]]
+    rows = []
+    for code in codes:
+        entries = [summary[arm]["per_class"][code][metric] for arm in arms]
+        mark = " (rare)" if code in rare else ""
+        rows.append([f"{code}{mark}", str(points[code])]
+                    + [mean_std_text(e) for e in entries] + [signed(e["delta"]) for e in entries[1:]])
+    ticks = {code: code + ("*" if code in rare else "") + ("" if points[code] else "\n(not in test)")
+             for code in codes}
+    score_bars(summary, metric, ticks, folder / f"scores_{metric}.png", title + "; * synthetic videos added")
+    return [f"### {title}", "", markdown_table(header, rows), "",
+            f"Δ: change of the mean against `{results['arms'][0]['name']}`. "
+            + ("Classes with synthetic videos: " + ", ".join(rare) + "." if rare else ""), "",
+            f"![{metric} per class](scores_{metric}.png)", ""]
+
+
+def synthetic_classes(arms: list[dict], codes: list[str]) -> list[str]:
+    """The classes some arm adds synthetic clips of (the rare classes), in class order."""
+    return sorted({code for arm in arms for code in arm.get("synthetic_clips", {})}, key=codes.index)
+
+
+def _class_balance_section(results: dict, vocabulary: ClassVocabulary, folder: Path) -> list[str]:
+    """Training clips per class of the real arm and, with synthetic clips added, of the first arm that adds them."""
+    arms = results["arms"]
+    lines = ["## Class balance", ""]
+    train_clips = {vocabulary.resolve(c): n for c, n in results["train"]["clips"].items()}
+    class_balance_plot(train_clips, vocabulary, folder / "class_balance_real.png", "Training clips: real only")
+    lines += ["![real](class_balance_real.png)", ""]
+    with_synthetic = next((a for a in arms if a.get("rejection_sampling")), arms[1] if len(arms) > 1 else None)
+    if with_synthetic is not None:
+        added = {c: n + with_synthetic.get("synthetic_clips", {}).get(vocabulary.code(c), 0)
+                 for c, n in train_clips.items()}
+        class_balance_plot(added, vocabulary, folder / "class_balance_with_synthetic.png",
+                           f"Training clips: {with_synthetic['name']}")
+        lines += ["![with synthetic](class_balance_with_synthetic.png)", ""]
+    return lines
 
 
 # ---------------------------------------------------------------- the quality report

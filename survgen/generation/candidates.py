@@ -3,7 +3,7 @@
 A candidate's record (one entry of the manifest's `videos`) holds its seed and its
 batch (the first candidate number of the batch it was sampled in). A video is a
 function of its seed and, by float rounding, of its batch-mates (see
-`survgen.generation.sampler`), so a lost or damaged video is made again by sampling
+`survgen.diffusion.video_sampler`), so a lost or damaged video is made again by sampling
 its whole batch again: bit for bit the video it replaces, on the same setup.
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from survgen.classes import ClassVocabulary
 from survgen.data.video import write_video
-from survgen.generation.sampler import VideoSampler
+from survgen.diffusion.video_sampler import VideoSampler
 from survgen.visualize import to_uint8
 
 

@@ -8,13 +8,11 @@ works right after install, with no model to train or download:
     default/classifier/   classifier run (run.json, model/, validation.jsonl)
 
 `scripts/train_default.sh` trains them from scratch with the project's own commands
-and ends with `python -m survgen.generation.default export ...`, which copies the
-finished runs here.
+and ends with `export_default`, which copies the finished runs here.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from survgen.io import atomic_folder
 from survgen.runs import read_run
-from survgen.training.stage1 import spatial_model_dir
+from survgen.models.loading import spatial_model_dir
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
 
@@ -71,18 +69,3 @@ def store_half_precision(folder: Path) -> None:
     for path in folder.rglob("*.safetensors"):
         tensors = load_file(path)
         save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(path))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m survgen.generation.default",
-                                     description="Export finished runs as the shipped default model.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export")
-    export.add_argument("--temporal", required=True, help="a finished `survgen train-temporal` run")
-    export.add_argument("--classifier", required=True, help="a finished `survgen train-classifier` run")
-    args = parser.parse_args(argv)
-    print(export_default(args.temporal, args.classifier))
-
-
-if __name__ == "__main__":
-    main()

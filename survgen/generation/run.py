@@ -48,9 +48,10 @@ import torch.nn.functional as F
 from survgen.classes import ClassVocabulary
 from survgen.console import say, stderr, warn
 from survgen.data.index import CLIP_FPS
+from survgen.diffusion.video_sampler import VideoSampler, check_sampling_options
 from survgen.generation.candidates import Candidates, video_files, video_problem
-from survgen.generation.sampler import VideoSampler, check_sampling_options
-from survgen.io import OutputPathError, output_folder, write_json_atomic, write_text_atomic
+from survgen.io import OutputPathError, output_folder, shown_path, write_json_atomic, write_text_atomic
+from survgen.models.loading import TEMPORAL_WEIGHTS, load_classifier, load_video_model, spatial_model_dir
 from survgen.visualize import grid, save_png
 
 MANIFEST = "manifest.json"
@@ -148,15 +149,15 @@ def _listing(items: list[str]) -> str:
 
 def model_fingerprint(model_run: Path, spatial_dir: Path, arch: str) -> dict:
     """Hashes of the weights a video came from, for the manifest."""
-    temporal = model_run / "model" / "temporal.safetensors"
+    temporal = model_run / "model" / TEMPORAL_WEIGHTS
     unet = spatial_dir / "unet" / "diffusion_pytorch_model.safetensors"
-    return {"run": str(model_run), "arch": arch, "temporal_sha256": file_sha256(temporal),
+    return {"run": shown_path(model_run), "arch": arch, "temporal_sha256": file_sha256(temporal),
             "spatial_unet_sha256": file_sha256(unet) if unet.exists() and arch == "survgen" else None}
 
 
 def _request(cfg: GenerationConfig, model: Path, classifier: Path | None) -> dict:
-    return {"config": dataclasses.asdict(cfg), "model": str(model),  # as given: no machine's absolute paths
-            "classifier": str(classifier) if classifier else None}
+    return {"config": dataclasses.asdict(cfg), "model": shown_path(model),  # no machine's absolute paths
+            "classifier": shown_path(classifier) if classifier else None}
 
 
 def _check_output(out: Path) -> bool:
@@ -263,10 +264,7 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
     manifest = _open_output(out, request)
     environment = sampling_environment(next(video_model.parameters()).device)
     if manifest is None:
-        from survgen.models.video_models import arch_of
-        from survgen.training.stage1 import spatial_model_dir
-
-        fingerprint = model_fingerprint(model, spatial_model_dir(run.parent_path), arch_of(video_model))
+        fingerprint = model_fingerprint(model, spatial_model_dir(run.parent_path), video_model.arch)
         manifest = {"request": request, "model": fingerprint, "environment": environment, "videos": [],
                     "summary": {}}
     videos: list[dict] = manifest["videos"]
@@ -289,8 +287,6 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
 def _load(model: Path, classifier: Path | None, cfg: GenerationConfig, loaded):
     """The video model (on the GPU when there is one), the judge (None without a classifier), and `cfg` with
     its frame rate resolved; checks the request against both."""
-    from survgen.training.stage2 import load_video_model
-
     video_model, spatial, run = loaded[0] if loaded else load_video_model(model)
     if not loaded and torch.cuda.is_available():  # loaders give CPU models; sample where it is fast
         video_model.to("cuda")
@@ -303,8 +299,6 @@ def _load(model: Path, classifier: Path | None, cfg: GenerationConfig, loaded):
     if loaded and loaded[1] is not None:
         classifier_model, classifier_vocab = loaded[1]
     else:
-        from survgen.training.classifier import load_classifier
-
         classifier_model, classifier_vocab, _ = load_classifier(classifier)
         classifier_model.to(next(video_model.parameters()).device)
     judge = Judge(classifier_model, classifier_vocab, run.vocabulary, str(classifier), cfg.fps)

@@ -24,14 +24,13 @@ Presets: `tiny` is about the size of the tiny SurV-Gen video model (CPU);
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from diffusers import LatteTransformer3DModel, UNet3DConditionModel
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-
-BASELINES = ("lvdm", "endora")
+from survgen.models.video_base import CheckpointedUnits, checked_class_labels, per_video_timesteps
+from survgen.presets import BASELINES
 
 # The SD-shaped 4-level 3D U-Net at 0.6× SD's width: 509M parameters at the sd15 scale.
 LVDM_PRESETS = {
@@ -76,29 +75,6 @@ class BaselineConfig:
         """The preset's arguments of the diffusers model."""
         return (LVDM_PRESETS if self.arch == "lvdm" else ENDORA_PRESETS)[self.preset]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BaselineConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-def _labels(class_labels: torch.Tensor, batch: int, num_classes: int) -> torch.Tensor:
-    class_labels = torch.as_tensor(class_labels).reshape(-1)
-    if class_labels.numel() != batch:
-        raise ValueError(f"{class_labels.numel()} class labels for {batch} videos; pass one per video")
-    values_known = class_labels.device.type != "meta"  # meta tensors (FLOP counting) carry shapes only
-    if values_known and (class_labels.min() < 0 or class_labels.max() > num_classes):
-        raise ValueError(f"class labels must be in 0..{num_classes} ({num_classes} = no class)")
-    return class_labels
-
-
-def _timesteps(timestep, batch: int, device) -> torch.Tensor:
-    timestep = torch.as_tensor(timestep, device=device).reshape(-1)
-    if timestep.numel() not in (1, batch):
-        raise ValueError(f"{timestep.numel()} timesteps for {batch} videos; pass one or one per video")
-    return timestep.expand(batch)
 
 
 def _check_latents(sample: torch.Tensor, config: BaselineConfig) -> None:
@@ -114,6 +90,7 @@ class BaselineVideoModel(nn.Module):
         super().__init__()
         self.config = config
         self.null_class = config.num_classes  # index of the "no class" embedding, for classifier-free guidance
+        self.arch = config.arch
 
     @property
     def latent_channels(self) -> int:
@@ -126,6 +103,9 @@ class BaselineVideoModel(nn.Module):
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """A baseline is trained whole."""
         return dict(self.named_parameters())
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return []
 
 
 class LVDMVideoModel(BaselineVideoModel):
@@ -149,12 +129,12 @@ class LVDMVideoModel(BaselineVideoModel):
                 class_labels: torch.Tensor) -> torch.Tensor:
         _check_latents(sample, self.config)
         b = sample.shape[0]
-        labels = _labels(class_labels, b, self.config.num_classes).to(sample.device)
-        return self.unet(sample, _timesteps(timestep, b, sample.device), encoder_hidden_states,
+        labels = checked_class_labels(class_labels, b, self.config.num_classes).to(sample.device)
+        return self.unet(sample, per_video_timesteps(timestep, b, sample.device), encoder_hidden_states,
                          timestep_cond=self.class_embedding(labels).to(sample.dtype), return_dict=False)[0]
 
 
-class EndoraVideoTransformer(BaselineVideoModel):
+class EndoraVideoTransformer(CheckpointedUnits, BaselineVideoModel):
     """Endora/Latte-style spatio-temporal transformer (`LatteTransformer3DModel`) with a class embedding."""
 
     def __init__(self, config: BaselineConfig):
@@ -167,7 +147,6 @@ class EndoraVideoTransformer(BaselineVideoModel):
             norm_elementwise_affine=False, norm_eps=1e-6, video_length=config.max_frames, **model)
         self.hidden_size = model["num_attention_heads"] * model["attention_head_dim"]
         self.class_embedding = nn.Embedding(config.num_classes + 1, self.hidden_size)
-        self.gradient_checkpointing = False
 
     @property
     def num_spatial_blocks(self) -> int:
@@ -177,14 +156,6 @@ class EndoraVideoTransformer(BaselineVideoModel):
     def token_grid(self) -> int:
         """Tokens per side of a latent frame."""
         return self.config.latent_size // self.transformer.config.patch_size
-
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        self.gradient_checkpointing = enabled
-
-    def _block(self, block, *args):
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 class_labels: torch.Tensor, *, features_of: tuple[int, ...] = ()):
@@ -198,12 +169,12 @@ class EndoraVideoTransformer(BaselineVideoModel):
         p = latte.config.patch_size
         if h % p or w % p:
             raise ValueError(f"endora: latent size {h}×{w} is not a multiple of the patch size {p}")
-        labels = _labels(class_labels, b, self.config.num_classes).to(sample.device)
+        labels = checked_class_labels(class_labels, b, self.config.num_classes).to(sample.device)
         x = latte.pos_embed(sample.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))  # (b·f, tokens, d)
         tokens = x.shape[1]
 
         # Latte's adaLN-single on the timestep embedding plus the class embedding.
-        conditioning = latte.adaln_single.emb(_timesteps(timestep, b, sample.device), resolution=None,
+        conditioning = latte.adaln_single.emb(per_video_timesteps(timestep, b, sample.device), resolution=None,
                                               aspect_ratio=None, batch_size=b, hidden_dtype=x.dtype)
         conditioning = conditioning + self.class_embedding(labels).to(x.dtype)
         modulation = latte.adaln_single.linear(latte.adaln_single.silu(conditioning))  # (b, 6d)
@@ -213,13 +184,13 @@ class EndoraVideoTransformer(BaselineVideoModel):
         modulation_temporal = modulation.repeat_interleave(tokens, dim=0)
         features = {}
         for i, (spatial, temporal) in enumerate(zip(latte.transformer_blocks, latte.temporal_transformer_blocks)):
-            x = self._block(spatial, x, None, text, None, modulation_spatial)
+            x = self.run_unit(spatial, x, None, text, None, modulation_spatial)
             if i in features_of:
                 features[i] = x
             x = x.reshape(b, f, tokens, -1).transpose(1, 2).reshape(b * tokens, f, -1)  # frames as the sequence
             if i == 0 and f > 1:  # as Latte: a single frame gets no frame position
                 x = x + latte.temp_pos_embed[:, :f].to(x.dtype)
-            x = self._block(temporal, x, None, None, None, modulation_temporal)
+            x = self.run_unit(temporal, x, None, None, None, modulation_temporal)
             x = x.reshape(b, tokens, f, -1).transpose(1, 2).reshape(b * f, tokens, -1)
 
         shift, scale = (latte.scale_shift_table[None] + conditioning.repeat_interleave(f, dim=0)[:, None]).chunk(2, dim=1)

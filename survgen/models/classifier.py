@@ -20,21 +20,14 @@ metrics use it), `forward(x)` the class logits.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from survgen.data.index import clip_stride
-
-CLASSIFIER_PRESETS = {
-    # CPU-sized: trains on the bundled procedural dataset in minutes
-    "tiny": dict(widths=(16, 32, 64, 128), image_size=64),
-    # torchvision's r3d_18 widths and input size (33M parameters)
-    "r3d18": dict(widths=(64, 128, 256, 512), image_size=112),
-}
-
+from survgen.presets import CLASSIFIER_PRESETS
 
 @dataclass
 class ClassifierConfig:
@@ -71,15 +64,6 @@ class ClassifierConfig:
         if name not in CLASSIFIER_PRESETS:
             raise ValueError(f"unknown classifier preset {name!r}; use one of {', '.join(CLASSIFIER_PRESETS)}")
         return cls(**{**CLASSIFIER_PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ClassifierConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -28,7 +28,6 @@ from torch import nn
 from survgen.models.baselines import EndoraVideoTransformer, prior_block_indices
 
 DINO_LAYERS = (2, 5, 8, 11)
-PRIOR_WEIGHT = 0.5  # Endora's α, "by grid searching"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_TYPES = ("vit", "dinov2")

@@ -30,8 +30,8 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from survgen.classes import ClassVocabulary
 from survgen.io import atomic_folder
+from survgen.presets import PRESETS
 
-PRESETS = ("tiny", "sd15")
 
 
 class ModelLoadError(ValueError):

@@ -1,27 +1,21 @@
-"""The three video model architectures behind one interface: `--arch survgen | lvdm | endora`.
+"""The three video model architectures behind one interface (`VideoModel`): `--arch survgen | lvdm | endora`.
 
-Every video model takes latents `(b, c, f, h, w)`, a timestep, the prompt's
-text-encoder states and a class label (`null_class`: none) and predicts v; it
-names what stage 2 trains (`trainable_parameters`) and the latent frame size
-it was trained at (`latent_channels`, `latent_size`). survgen's video U-Net
-trains only its temporal blocks on the frozen stage-1 U-Net; the baselines are
-trained whole. All three share the stage-1 VAE and text encoder.
-
-A model's config is saved as JSON next to its weights; `arch` in it says which
-class to rebuild (a config without it is survgen's, as written before the
-baselines existed).
+survgen's video U-Net trains only its temporal blocks on the frozen stage-1
+U-Net; the baselines are trained whole. All three share the stage-1 VAE and
+text encoder. A model's config is saved as JSON next to its weights, with
+`arch` saying which class to rebuild (no `arch`: survgen's).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from survgen.models.baselines import BASELINES, BaselineConfig, EndoraVideoTransformer, LVDMVideoModel, build_baseline
+from survgen.config import config_from_dict, config_to_dict
+from survgen.models.baselines import BaselineConfig, build_baseline
 from survgen.models.spatial import SpatialModel
+from survgen.models.video_base import VideoModel
 from survgen.models.video_unet import TEMPORAL_PRESETS, TemporalConfig, VideoUNet
-
-ARCHS = ("survgen",) + BASELINES
-VideoModel = VideoUNet | LVDMVideoModel | EndoraVideoTransformer
+from survgen.presets import NATIVE_IMAGE_SIZE, check_arch
 
 # Sampling each architecture was published with, for the end-to-end benchmark:
 # survgen's `generate` defaults; LVDM's DDIM with 50 steps at 256 px; Endora's
@@ -31,22 +25,14 @@ PUBLISHED_SAMPLING = {
     "lvdm": dict(sampler="ddim", steps=50, image_size=256),
     "endora": dict(sampler="ddpm", steps=250, image_size=128),
 }
-# survgen with its fast sampler: the shipped model's classifier acceptance is unchanged from DDIM 25
-# (benchmarks/results/acceptance_default-dpmpp-10.json) at 2.5× fewer model evaluations.
+# survgen with its fast sampler (benchmarks/NOTES.md: acceptance as DDIM 25's at 2.5× fewer evaluations).
 FAST_SAMPLING = dict(sampler="dpm++", steps=10)
-NATIVE_IMAGE_SIZE = {"tiny": 64, "sd15": 256}  # the frame size each preset trains and samples at (sd15: the paper's)
 
 
 def published_sampling(arch: str, preset: str) -> dict:
     """`PUBLISHED_SAMPLING` at a preset's scale (the tiny preset's frames are 64/256 of the paper's)."""
     published = PUBLISHED_SAMPLING[check_arch(arch)]
     return {**published, "image_size": published["image_size"] * NATIVE_IMAGE_SIZE[preset] // 256}
-
-
-def check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return arch
 
 
 def build_video_model(arch: str, spatial: SpatialModel, *, preset: str, num_classes: int, latent_size: int,
@@ -62,17 +48,13 @@ def build_video_model(arch: str, spatial: SpatialModel, *, preset: str, num_clas
                                          text_dim=spatial.text_encoder.config.hidden_size))
 
 
-def arch_of(model: VideoModel) -> str:
-    return "survgen" if isinstance(model, VideoUNet) else model.config.arch
-
-
 def video_model_config(model: VideoModel) -> dict:
-    return {"arch": arch_of(model), **model.config.to_dict()}
+    return {"arch": model.arch, **config_to_dict(model.config)}
 
 
 def video_model_from_config(config: dict, spatial: SpatialModel) -> VideoModel:
-    """Rebuild (random weights) the model a saved config describes."""
+    """Rebuild (random weights) the model a saved config describes; unknown keys are refused."""
     arch = check_arch(config.get("arch", "survgen"))
     if arch == "survgen":
-        return VideoUNet(spatial.unet, TemporalConfig.from_dict(config))
-    return build_baseline(BaselineConfig.from_dict(config))
+        return VideoUNet(spatial.unet, config_from_dict(TemporalConfig, {k: v for k, v in config.items() if k != "arch"}))
+    return build_baseline(config_from_dict(BaselineConfig, config))

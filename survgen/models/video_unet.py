@@ -17,23 +17,19 @@ DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D, UpBlock2D.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from survgen.models.temporal import TemporalTransformerBlock
+from survgen.models.video_base import CheckpointedUnits, checked_class_labels, per_video_timesteps
 
 SUPPORTED_DOWN = ("CrossAttnDownBlock2D", "DownBlock2D")
 SUPPORTED_MID = ("UNetMidBlock2DCrossAttn",)
 SUPPORTED_UP = ("CrossAttnUpBlock2D", "UpBlock2D")
-
-CheckpointFn = Callable[..., torch.Tensor]  # (unit, *args) -> the unit's output
-_non_reentrant_checkpoint: CheckpointFn = partial(checkpoint, use_reentrant=False)
 
 
 @dataclass
@@ -47,16 +43,20 @@ class TemporalConfig:
     max_frames: int = 32
     latent_size: int | None = None  # latent frame size stage 2 trained at; None: the U-Net's sample_size
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TemporalConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+class VideoUNet(CheckpointedUnits, nn.Module):
+    """`UNet2DConditionModel` + temporal blocks + class embedding, on latents `(b, c, f, h, w)`.
 
+    Gradient checkpointing (`enable_gradient_checkpointing`) takes every spatial layer
+    (resnet + cross-attention), every temporal block, the mid block's resnets and attention,
+    the upsamplers and the output layers as units. The frozen spatial layers need no weight
+    gradient, but the temporal blocks' gradients flow back through them, so without
+    checkpointing every frozen activation is kept. A spatial layer and its temporal block
+    are two units rather than one: one more tensor kept each, but half what the largest
+    recomputation holds.
+    """
 
-class VideoUNet(nn.Module):
-    """`UNet2DConditionModel` + temporal blocks + class embedding, on latents `(b, c, f, h, w)`."""
+    arch = "survgen"
 
     def __init__(self, unet: UNet2DConditionModel, config: TemporalConfig):
         super().__init__()
@@ -117,6 +117,9 @@ class VideoUNet(nn.Module):
         """The stage-2 parameters by name: every temporal block and the class embedding."""
         return {n: p for n, p in self.named_parameters() if not n.startswith("unet.")}
 
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.unet]
+
     @property
     def latent_channels(self) -> int:
         return self.unet.config.in_channels
@@ -125,27 +128,7 @@ class VideoUNet(nn.Module):
     def latent_size(self) -> int:
         return self.config.latent_size or self.unet.config.sample_size
 
-    def enable_gradient_checkpointing(self, enabled: bool = True, checkpoint_fn: CheckpointFn | None = None) -> None:
-        """Keep only each unit's inputs in the forward and recompute the unit in backward.
-
-        The units are every spatial layer (resnet + cross-attention), every temporal block,
-        the mid block's resnets and attention, the upsamplers and the output layers. The
-        frozen spatial layers need no weight gradient, but the temporal blocks' gradients
-        flow back through them, so without checkpointing every frozen activation is kept.
-        A spatial layer and its temporal block as two units rather than one keep one more
-        tensor each but halve what the largest recomputation holds: counted at sd15, one
-        16×256² clip peaks at 0.58 GiB instead of 0.79 (`survgen info --preset sd15 --memory`).
-        `checkpoint_fn(unit, *args)` runs a unit; the default is torch's non-reentrant
-        checkpoint (`survgen.models.memory` passes its own to count what a unit keeps).
-        """
-        self.gradient_checkpointing = enabled
-        self.checkpoint_fn = checkpoint_fn or _non_reentrant_checkpoint
-
     # ------------------------------------------------------------------ forward
-    def _run_unit(self, unit: Callable[..., torch.Tensor], *args) -> torch.Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return self.checkpoint_fn(unit, *args)
-        return unit(*args)
 
     @staticmethod
     def _spatial_layer(resnet: nn.Module, attn: nn.Module | None, x: torch.Tensor, emb: torch.Tensor,
@@ -187,55 +170,61 @@ class VideoUNet(nn.Module):
         b, c, f, h, w = sample.shape
         unet = self.unet
         frames = sample.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1)
-        if timestep.numel() not in (1, b):
-            raise ValueError(f"VideoUNet: {timestep.numel()} timesteps for {b} videos; pass one or one per video")
+        timestep = per_video_timesteps(timestep, b, sample.device)
+        class_labels = checked_class_labels(class_labels, b, self.config.num_classes).to(sample.device)
         text = encoder_hidden_states.repeat_interleave(f, dim=0)
 
         # one embedding per video (b rows), then shared by its f frames
-        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep.expand(b)))
+        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep))
         emb = emb + self.class_embedding(class_labels).to(emb.dtype)
         emb = emb.repeat_interleave(f, dim=0)
 
+        x, skips = self._down(unet.conv_in(frames), emb, text, f)
+        x = self._mid(x, emb, text, f)
         # Same upsample-size rule as UNet2DConditionModel for latents not divisible by 2**levels.
-        up_factor = 2**unet.num_upsamplers
-        forward_upsample_size = any(s % up_factor for s in (h, w))
+        x = self._up(x, skips, emb, text, f, fixed_sizes=any(s % 2**unet.num_upsamplers for s in (h, w)))
+        x = self.run_unit(self._output_unit, x)
+        return x.reshape(b, f, -1, h, w).permute(0, 2, 1, 3, 4)
 
-        x = unet.conv_in(frames)
+    def _down(self, x: torch.Tensor, emb: torch.Tensor, text: torch.Tensor, f: int):
+        """The down blocks, each spatial layer followed by its temporal block; returns x and the skips."""
         skips = (x,)
-        for block, temporal in zip(unet.down_blocks, self.temporal_down):
+        for block, temporal in zip(self.unet.down_blocks, self.temporal_down):
             attentions = getattr(block, "attentions", [None] * len(block.resnets))
             for resnet, attn, tblock in zip(block.resnets, attentions, temporal):
-                x = self._run_unit(partial(self._spatial_layer, resnet, attn), x, emb, text)
-                x = self._run_unit(tblock, x, f)
+                x = self.run_unit(partial(self._spatial_layer, resnet, attn), x, emb, text)
+                x = self.run_unit(tblock, x, f)
                 skips += (x,)
             if block.downsamplers is not None:
                 for downsampler in block.downsamplers:
                     x = downsampler(x)
                 skips += (x,)
+        return x, skips
 
-        mid = unet.mid_block
-        x = self._run_unit(mid.resnets[0], x, emb)
+    def _mid(self, x: torch.Tensor, emb: torch.Tensor, text: torch.Tensor, f: int) -> torch.Tensor:
+        mid = self.unet.mid_block
+        x = self.run_unit(mid.resnets[0], x, emb)
         for attn, resnet, tblock in zip(mid.attentions, mid.resnets[1:], self.temporal_mid):
-            x = self._run_unit(partial(self._mid_attention, attn), x, text)
-            x = self._run_unit(tblock, x, f)
-            x = self._run_unit(resnet, x, emb)
+            x = self.run_unit(partial(self._mid_attention, attn), x, text)
+            x = self.run_unit(tblock, x, f)
+            x = self.run_unit(resnet, x, emb)
+        return x
 
-        for i, (block, temporal) in enumerate(zip(unet.up_blocks, self.temporal_up)):
-            is_final = i == len(unet.up_blocks) - 1
-            block_skips = skips[-len(block.resnets):]
-            skips = skips[: -len(block.resnets)]
-            upsample_size = skips[-1].shape[2:] if (forward_upsample_size and not is_final) else None
+    def _up(self, x: torch.Tensor, skips: tuple, emb: torch.Tensor, text: torch.Tensor, f: int,
+            fixed_sizes: bool) -> torch.Tensor:
+        """The up blocks, taking the skips back in reverse; `fixed_sizes`: upsample to each skip's size."""
+        up_blocks = self.unet.up_blocks
+        for i, (block, temporal) in enumerate(zip(up_blocks, self.temporal_up)):
+            block_skips, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+            upsample_size = skips[-1].shape[2:] if (fixed_sizes and i < len(up_blocks) - 1) else None
             attentions = getattr(block, "attentions", [None] * len(block.resnets))
             for resnet, attn, tblock, skip in zip(block.resnets, attentions, temporal, reversed(block_skips)):
-                x = self._run_unit(partial(self._spatial_layer, resnet, attn), x, emb, text, skip)
-                x = self._run_unit(tblock, x, f)
+                x = self.run_unit(partial(self._spatial_layer, resnet, attn), x, emb, text, skip)
+                x = self.run_unit(tblock, x, f)
             if block.upsamplers is not None:
                 for upsampler in block.upsamplers:
-                    x = self._run_unit(upsampler, x, upsample_size)
-
-        x = self._run_unit(self._output_unit, x)
-        return x.reshape(b, f, -1, h, w).permute(0, 2, 1, 3, 4)
+                    x = self.run_unit(upsampler, x, upsample_size)
+        return x
 
 
 # Per preset: sd15 follows AnimateDiff's motion modules (8 heads, two self-attention

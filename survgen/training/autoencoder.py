@@ -9,30 +9,21 @@ training frames, as SD chose 0.18215, so latents enter diffusion at unit scale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from survgen.data.datasets import FrameDataset
-from survgen.data.index import CLIP_FPS, build_index
+from survgen.data.index import build_index
 from survgen.io import atomic_folder
 from survgen.models.spatial import build_tiny, check_image_size
 from survgen.config import config_to_dict
 from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
-from survgen.training.loop import TrainConfig, train
+from survgen.training.configs import AutoencoderStageConfig
+from survgen.training.loop import train
 from survgen.visualize import grid, save_png, to_uint8
-
-
-@dataclass
-class AutoencoderStageConfig:
-    image_size: int = 64
-    kl_weight: float = 1e-6
-    clip_length: int = 16
-    clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, ema_decay=0.0))
 
 
 @torch.no_grad()

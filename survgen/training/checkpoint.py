@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from survgen.console import say
-from survgen.io import atomic_folder, atomic_path, safetensors_problem, write_text_atomic
+from survgen.io import atomic_folder, safetensors_problem, save_safetensors, write_text_atomic
 from survgen.runs import RunInfo, begin_run, check_resume_request, cleared_if_failed
 
 LATEST = "latest"
@@ -34,17 +34,6 @@ LATEST = "latest"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing pieces or does not fit the model being resumed."""
-
-
-def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors needs contiguous CPU tensors."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-
-
-def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write `tensors` to `path` through a temporary file."""
-    with atomic_path(path) as tmp:
-        _save(tensors, tmp)
 
 
 def flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], list]:
@@ -82,12 +71,12 @@ def write_checkpoint(checkpoints_dir: Path, step: int, *, model: dict, ema: dict
     """Write checkpoint `step` atomically, point `latest` at it and prune all but the newest `keep`."""
     name = f"step-{step:06d}"
     with atomic_folder(checkpoints_dir / name) as tmp:
-        _save(model, tmp / "model.safetensors")
+        save_safetensors(model, tmp / "model.safetensors")
         if ema is not None:
-            _save(ema, tmp / "ema.safetensors")
+            save_safetensors(ema, tmp / "ema.safetensors")
         opt_tensors, param_groups = flatten_optimizer_state(optimizer)
-        _save(opt_tensors, tmp / "optimizer.safetensors")
-        _save(rng, tmp / "rng.safetensors")
+        save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+        save_safetensors(rng, tmp / "rng.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "param_groups": param_groups}) + "\n")
     write_text_atomic(checkpoints_dir / LATEST, name + "\n")
     if keep > 0:

@@ -1,4 +1,4 @@
-"""Train the video classifier of rejection sampling on the real clips, and classify videos with it.
+"""Train the video classifier of rejection sampling on the real clips (its inference: `survgen.models.classify`).
 
 The dataset is split by recording, never by clip (`VideoIndex.split_by_video`):
 neighbouring clips of one video overlap and look alike, so a clip-level split
@@ -22,9 +22,7 @@ Run folder, besides the loop's files:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,50 +31,24 @@ from torch.utils.data import DataLoader, Subset
 from survgen.classes import ClassVocabulary
 from survgen.console import say
 from survgen.config import config_to_dict
-from survgen.data.datasets import ClipDataset, to_pixels
-from survgen.data.index import CLIP_FPS, VideoIndex, build_index
-from survgen.data.video import probe_video, read_frames
-from survgen.io import atomic_folder, atomic_path, load_safetensors
-from survgen.models.classifier import CLASSIFIER_PRESETS, ClassifierConfig, VideoClassifier
-from survgen.runs import RunFolderError, RunInfo, read_run, relative_to_run
-from survgen.training.checkpoint import open_training_run, save_safetensors_atomic, training_run
-from survgen.training.loop import TrainConfig, TrainResult, loader_workers, train
+from survgen.data.datasets import ClipDataset
+from survgen.data.index import VideoIndex, build_index
+from survgen.io import atomic_path
+from survgen.models.classifier import ClassifierConfig, VideoClassifier
+from survgen.models.loading import save_classifier
+from survgen.runs import RunInfo, relative_to_run
+from survgen.training.checkpoint import open_training_run, training_run
+from survgen.training.configs import ClassifierStageConfig
+from survgen.training.loop import TrainResult, loader_workers, train
 
-CLASSIFIER_WEIGHTS = "classifier.safetensors"
-CLASSIFIER_CONFIG = "classifier_config.json"
 VALIDATION_LOG = "validation.jsonl"
-BALANCE = ("loss", "sampler", "none")
 
 
-class ClipTooShortError(ValueError):
-    """A video with fewer frames than one classifier clip."""
-
-
-@dataclass
-class ClassifierStageConfig:
-    preset: str = "tiny"  # tiny | r3d18 (see CLASSIFIER_PRESETS)
-    image_size: int | None = None  # None: the preset's size
-    clip_length: int = 16
-    clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame
-    dropout: float = 0.3
-    val_fraction: float = 0.2  # share of recordings held out for validation
-    split_seed: int = 0  # fixed apart from train.seed, so runs with other seeds validate on the same videos
-    balance: str = "loss"  # loss: inverse-frequency class weights | sampler: oversample rare classes | none
-    augment: bool = True  # per clip: horizontal flip, resized crop (scale 0.8-1), brightness/contrast
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=2000, batch_size=16, lr=3e-3, weight_decay=0.05, ema_decay=0.0,
-        checkpoint_every=500, sample_every=250, log_every=10))
-
-    def __post_init__(self):
-        if self.balance not in BALANCE:
-            raise ValueError(f"balance must be one of {', '.join(BALANCE)} (got {self.balance!r})")
-        if self.preset not in CLASSIFIER_PRESETS:
-            raise ValueError(f"unknown classifier preset {self.preset!r}; use one of {', '.join(CLASSIFIER_PRESETS)}")
-
-    def model_config(self, num_classes: int) -> ClassifierConfig:
-        size = {"image_size": self.image_size} if self.image_size else {}
-        return ClassifierConfig.preset(self.preset, num_classes=num_classes, clip_length=self.clip_length,
-                                       clip_fps=self.clip_fps, dropout=self.dropout, **size)
+def classifier_config(cfg: ClassifierStageConfig, num_classes: int) -> ClassifierConfig:
+    """The network a stage config asks for: its preset, with the clip and frame size it trains on."""
+    size = {"image_size": cfg.image_size} if cfg.image_size else {}
+    return ClassifierConfig.preset(cfg.preset, num_classes=num_classes, clip_length=cfg.clip_length,
+                                   clip_fps=cfg.clip_fps, dropout=cfg.dropout, **size)
 
 
 # ---------------------------------------------------------------- augmentation
@@ -190,6 +162,31 @@ def _summary(record: dict) -> str:
 
 
 # ---------------------------------------------------------------- training
+def classification_loss(augment: bool, weights: torch.Tensor | None):
+    """The loss function of the training loop: cross-entropy, class-weighted when `weights` are given."""
+
+    def loss_fn(model: VideoClassifier, batch, generator):
+        pixels = augment_clips(batch["pixels"], generator) if augment else batch["pixels"]
+        logits = model(pixels, generator=generator).float()
+        weight = weights.to(logits.device) if weights is not None else None
+        return F.cross_entropy(logits, batch["class_id"], weight=weight)
+
+    return loss_fn
+
+
+def _split_record(vocabulary: ClassVocabulary, train_index: VideoIndex, val_index: VideoIndex,
+                  weights: torch.Tensor | None) -> dict:
+    """What run.json records of the data: the recordings of each side, clips per class, the class weights."""
+
+    def codes(per_class_id: dict) -> dict:
+        return {vocabulary.code(c): v for c, v in per_class_id.items()}
+
+    return {"split": {"train": train_index.video_ids(), "validation": val_index.video_ids()},
+            "clips": {"train": codes(train_index.class_counts()), "validation": codes(val_index.class_counts())},
+            "class_weights": (codes({c: round(float(w), 4) for c, w in enumerate(weights)})
+                              if weights is not None else None)}
+
+
 def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConfig, *, resume: bool = False,
                      progress: bool = True, index: VideoIndex | None = None) -> TrainResult:
     """Train a video classifier on the clips of the dataset at `data` into the run folder `out`.
@@ -204,7 +201,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
         index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps)
     vocabulary = index.vocabulary
     train_index, val_index = index.split_by_video(cfg.val_fraction, seed=cfg.split_seed)
-    model_config = cfg.model_config(len(vocabulary))
+    model_config = classifier_config(cfg, len(vocabulary))
     if progress and len(val_index) == 0 and cfg.val_fraction > 0:
         say(f"{data}: no recording held out for validation (val_fraction {cfg.val_fraction}, "
                       f"{len(index.video_ids())} recording(s)); validation accuracy will not be measured")
@@ -215,17 +212,9 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
         model = VideoClassifier(model_config)
     train_set = ClipDataset(train_index, size=model_config.image_size)
     dataset = Subset(train_set, balanced_order(train_index)) if cfg.balance == "sampler" else train_set
-    counts = train_index.class_counts()
-    weights = class_weights(counts) if cfg.balance == "loss" else None
+    weights = class_weights(train_index.class_counts()) if cfg.balance == "loss" else None
 
-    def loss_fn(model: VideoClassifier, batch, generator):
-        pixels = batch["pixels"]
-        if cfg.augment:
-            pixels = augment_clips(pixels, generator)
-        logits = model(pixels, generator=generator).float()
-        weight = weights.to(logits.device) if weights is not None else None
-        return F.cross_entropy(logits, batch["class_id"], weight=weight)
-
+    loss_fn = classification_loss(cfg.augment, weights)
     val_set = ClipDataset(val_index, size=model_config.image_size) if len(val_index) else None
 
     def on_sample(step: int, model: VideoClassifier):
@@ -238,16 +227,9 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
     def export(model: VideoClassifier):
         save_classifier(model, out / "model")
 
-    def codes(per_class_id: dict) -> dict:
-        return {vocabulary.code(c): v for c, v in per_class_id.items()}
-
     run = RunInfo(stage="classifier", folder=out, options=config_to_dict(cfg), vocabulary=vocabulary,
                   data=relative_to_run(out, data),
-                  extra={"model": model_config.to_dict(),
-                         "split": {"train": train_index.video_ids(), "validation": val_index.video_ids()},
-                         "clips": {"train": codes(counts), "validation": codes(val_index.class_counts())},
-                         "class_weights": (codes({c: round(float(w), 4) for c, w in enumerate(weights)})
-                                           if weights is not None else None)})
+                  extra={"model": config_to_dict(model_config), **_split_record(vocabulary, train_index, val_index, weights)})
     with training_run(run, resume):
         result = train(run_dir=out, model=model, trainable=dict(model.named_parameters()), dataset=dataset,
                        loss_fn=loss_fn, config=cfg.train, on_sample=on_sample if val_set is not None else None,
@@ -256,97 +238,3 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
         run.extra["validation"] = {k: v for k, v in history[-1].items() if k != "confusion"} if history else None
     result.extra["validation"] = history[-1] if history else None
     return result
-
-
-def save_classifier(model: VideoClassifier, folder: Path) -> None:
-    with atomic_folder(folder) as tmp:
-        save_safetensors_atomic(model.state_dict(), tmp / CLASSIFIER_WEIGHTS)
-        (tmp / CLASSIFIER_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-
-
-def load_classifier(run_folder: str | Path, device: str | torch.device = "cpu"
-                    ) -> tuple[VideoClassifier, ClassVocabulary, RunInfo]:
-    """A `train-classifier` run's model (in eval mode), its class vocabulary and its run info."""
-    run = read_run(run_folder, stage="classifier")
-    weights, config_path = run.model_dir / CLASSIFIER_WEIGHTS, run.model_dir / CLASSIFIER_CONFIG
-    if not weights.exists() or not config_path.exists():
-        raise RunFolderError(f"{run.folder}: holds no exported classifier yet ({weights} is missing); "
-                             "finish the run with `survgen train-classifier --out RUN --resume`")
-    model = VideoClassifier(ClassifierConfig.from_dict(json.loads(config_path.read_text())))
-    try:
-        model.load_state_dict(load_safetensors(weights, "train the classifier again (survgen train-classifier)"))
-    except RuntimeError as e:
-        raise RunFolderError(f"{weights}: weights do not match {config_path} ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), run.vocabulary, run
-
-
-# ---------------------------------------------------------------- classifying
-def read_clip(path: str | Path, config: ClassifierConfig) -> torch.Tensor:
-    """The first clip of a video file as the classifier sees it: `(clip_length, 3, size, size)` in [-1, 1]."""
-    info = probe_video(path)
-    stride = config.stride_for(info.fps)
-    span = (config.clip_length - 1) * stride + 1
-    if info.num_frames < span:
-        raise ClipTooShortError(_too_short(str(path), info.num_frames, config, stride))
-    return to_pixels(read_frames(path, range(0, span, stride), config.image_size))
-
-
-def _too_short(what: str, frames: int, config: ClassifierConfig, stride: int) -> str:
-    span = (config.clip_length - 1) * stride + 1
-    needs = (f"{config.clip_length} frames, {stride} apart ({span} frames)" if stride > 1
-             else f"{config.clip_length} frames")
-    return f"{what}: has {frames} frame(s), but the classifier reads {needs}; give a video at least that long"
-
-
-def _as_clip(video: torch.Tensor, config: ClassifierConfig, what: str, fps: float | None) -> torch.Tensor:
-    """A `(f, 3, H, W)` tensor in [-1, 1] at `fps`, cut and resized to the classifier's clip."""
-    if video.dim() != 4 or video.shape[1] != 3:
-        raise ValueError(f"{what}: expected a video tensor of shape (frames, 3, H, W), got {tuple(video.shape)}")
-    stride = config.stride_for(fps)
-    span = (config.clip_length - 1) * stride + 1
-    if video.shape[0] < span:
-        raise ClipTooShortError(_too_short(what, video.shape[0], config, stride))
-    clip = video[:span:stride].float()
-    if clip.shape[-2:] != (config.image_size, config.image_size):
-        clip = F.interpolate(clip, size=(config.image_size, config.image_size), mode="bilinear", antialias=True,
-                             align_corners=False)
-    return clip
-
-
-@torch.no_grad()
-def classify_videos(model: VideoClassifier, videos: Sequence[str | Path | torch.Tensor], topk: int = 3, *,
-                    vocabulary: ClassVocabulary | None = None, batch_size: int = 8,
-                    tensor_fps: float | None = None) -> list[dict]:
-    """Top-k classes of each video (a file, or a `(f, 3, H, W)` tensor in [-1, 1] at `tensor_fps`) from its first clip.
-
-    Returns, per video in order: `{"video": path or "tensor i", "topk": [{"class_id", "probability"
-    (, "code", "name" given a vocabulary)}, ...]}`, most probable first. Every video is read (and
-    checked) before any is classified, so a bad file fails fast, with its name in the error.
-    """
-    if topk < 1:
-        raise ValueError(f"topk must be at least 1 (got {topk})")
-    config = model.config
-    names, clips = [], []
-    for i, video in enumerate(videos):
-        if isinstance(video, torch.Tensor):
-            names.append(f"tensor {i}")
-            clips.append(_as_clip(video, config, names[-1], tensor_fps))
-        else:
-            names.append(str(video))
-            clips.append(read_clip(video, config))
-    model.eval()
-    device = next(model.parameters()).device
-    results = []
-    for start in range(0, len(clips), batch_size):
-        batch = torch.stack(clips[start:start + batch_size]).to(device)
-        probabilities = model(batch).float().softmax(-1).cpu()
-        top = probabilities.topk(min(topk, probabilities.shape[-1]), dim=-1)
-        for name, p, c in zip(names[start:], top.values.tolist(), top.indices.tolist()):
-            ranked = []
-            for class_id, probability in zip(c, p):
-                entry = {"class_id": class_id, "probability": round(probability, 4)}
-                if vocabulary is not None:
-                    entry.update(code=vocabulary.code(class_id), name=vocabulary.name(class_id))
-                ranked.append(entry)
-            results.append({"video": name, "topk": ranked})
-    return results

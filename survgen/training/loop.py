@@ -31,53 +31,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from survgen.console import say, stderr
+from survgen.console import progress_bar, say, stderr
 from survgen.io import PNG_SOFTWARE, atomic_path
 from survgen.training.checkpoint import CheckpointError, read_latest_checkpoint, write_checkpoint
-
-MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
-
+from survgen.training.configs import TrainConfig
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 8  # per process; the global batch is batch_size × processes × grad_accum
-    lr: float = 1e-4
-    lr_warmup_steps: int = 0
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0  # 0 turns clipping off
-    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else full precision
-    ema_decay: float = 0.9999  # 0 turns EMA off
-    checkpoint_every: int = 500
-    sample_every: int = 500
-    log_every: int = 10
-    keep_checkpoints: int = 2
-    seed: int = 0
-    num_workers: int | None = None  # DataLoader processes; None: min(8, CPU cores - 1)
-
-    def __post_init__(self):
-        self.betas = tuple(self.betas)  # JSON gives a list back
-        problems = []
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "sample_every", "log_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.num_workers is not None and self.num_workers < 0:
-            problems.append(f"num_workers must be 0 (load in the training process) or more (got {self.num_workers})")
-        if not self.lr > 0:
-            problems.append(f"lr must be positive (got {self.lr})")
-        if not 0 <= self.ema_decay < 1:
-            problems.append(f"ema_decay must be in [0, 1) (got {self.ema_decay})")
-        if self.mixed_precision not in MIXED_PRECISION:
-            problems.append(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {self.mixed_precision!r})")
-        if problems:
-            raise ValueError("invalid training options: " + "; ".join(problems))
 
 
 @dataclass
@@ -236,16 +196,150 @@ class MetricsLog:
         plt.close(fig)
 
 
-def _progress_bar(enabled: bool, console):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+class StepProgress:
+    """Training progress on stderr: a live bar on a terminal; in a log file, where a bar cannot redraw,
+    a plain line every 5 % of the steps."""
 
-    return Progress(
-        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, disable=not enabled,
-    )
+    def __init__(self, name: str, total: int, done: int, enabled: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.name, self.total, self.enabled = name, total, enabled
+        self.plain_every = None if stderr.is_terminal else max(1, total // 20)
+        self.bar = progress_bar(
+            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False, enabled=enabled)
+        self.task = self.bar.add_task(name, total=total, completed=done, loss="-", rate="-")
+
+    def __enter__(self) -> "StepProgress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def update(self, step: int, loss: float, rate: float) -> None:
+        self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
+        if self.enabled and self.plain_every and (step % self.plain_every == 0 or step == self.total):
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            say(f"{self.name}: step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} it/s  ETA {eta:.0f} s")
+
+
+class Training:
+    """The live state of one training run: accelerate, AdamW, the LR schedule, EMA, the step and its losses."""
+
+    def __init__(self, run_dir: Path, model: nn.Module, trainable: dict[str, nn.Parameter], loss_fn: LossFn,
+                 config: TrainConfig):
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel
+
+        self.run_dir, self.model, self.config = run_dir, model, config
+        self.trainable, self.params = trainable, list(trainable.values())
+        self.accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=config.betas, eps=config.adam_eps,
+                                      weight_decay=config.weight_decay)
+        # Stepped by hand once per optimizer step: accelerate's wrapper would step it per process.
+        self.scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=config.lr_warmup_steps)
+        self.objective, self.optimizer = self.accelerator.prepare(_Objective(model, loss_fn), optimizer)
+        self.ema = EMAModel(self.params, decay=config.ema_decay) if config.ema_decay > 0 else None
+        if self.ema is not None:
+            self.ema.to(self.accelerator.device)
+        self.step, self.losses, self.last_checkpoint = 0, [], None
+        self.metrics = MetricsLog(run_dir)
+        self.is_main = self.accelerator.is_main_process
+
+    def resume_from_latest(self) -> None:
+        checkpoint = read_latest_checkpoint(self.run_dir / "checkpoints")
+        if checkpoint is None:
+            if self.is_main:
+                say(f"{self.run_dir}: no checkpoint yet, starting from step 0")
+            return
+        restore(checkpoint, self.trainable, self.optimizer, self.scheduler, self.ema)
+        self.step, self.losses, self.last_checkpoint = checkpoint.step, checkpoint.state["losses"], checkpoint.folder
+        if self.is_main:
+            self.metrics.truncate(self.step)
+            say(f"resuming {self.run_dir} from step {self.step}")
+
+    def batches(self, dataset: Dataset):
+        """The micro-batches still to come, on this process's device."""
+        config, accelerator, workers = self.config, self.accelerator, loader_workers(self.config.num_workers)
+        loader = DataLoader(
+            dataset, num_workers=workers, pin_memory=accelerator.device.type == "cuda",
+            prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
+            batch_sampler=PlannedBatches(len(dataset), config.batch_size, config.seed, accelerator.process_index,
+                                         accelerator.num_processes, start=self.step * config.grad_accum,
+                                         count=max(0, config.steps - self.step) * config.grad_accum))
+        for batch in loader:
+            yield {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+
+    def optimizer_step(self, batches) -> float:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss across processes."""
+        accum, accelerator = self.config.grad_accum, self.accelerator
+        total = torch.zeros((), device=accelerator.device)
+        for j in range(accum):
+            generator = micro_step_generator(self.config.seed, accelerator.process_index, self.step * accum + j)
+            # gradients are all-reduced only on the last micro-batch of a step
+            with accelerator.no_sync(self.objective) if j < accum - 1 else nullcontext():
+                loss = self.objective(next(batches), generator)
+                accelerator.backward(loss / accum)
+            total += loss.detach().float()
+        loss_value = accelerator.reduce(total / accum, reduction="mean").item()
+        if not math.isfinite(loss_value):
+            where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                     else "no checkpoint was written yet")
+            raise TrainingDivergedError(f"{self.run_dir}: the loss became {loss_value} at step {self.step + 1}; "
+                                        f"{where}. Resume with --resume and a lower --lr, or turn off mixed precision.")
+        if self.config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.params)
+        self.step += 1
+        self.losses.append(loss_value)
+        return loss_value
+
+    def log(self, loss: float, rate: float) -> None:
+        if self.is_main:
+            self.metrics.append({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                                 "it_per_s": round(rate, 3)})
+
+    def save_checkpoint(self) -> None:
+        if self.is_main:
+            ema = self.ema
+            write_checkpoint(
+                self.run_dir / "checkpoints", self.step, model=self.trainable,
+                ema=dict(zip(self.trainable, ema.shadow_params)) if ema is not None else None,
+                optimizer=self.optimizer.state_dict(), rng=rng_state(),
+                state={"losses": self.losses, "scheduler": self.scheduler.state_dict(),
+                       "ema_optimization_step": ema.optimization_step if ema is not None else None},
+                keep=self.config.keep_checkpoints)
+            self.metrics.plot()
+        self.accelerator.wait_for_everyone()
+        self.last_checkpoint = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
+
+    def with_ema_weights(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the main process with the EMA weights in place, in eval mode, without grad."""
+        if self.is_main:
+            if self.ema is not None:
+                self.ema.store(self.params)
+                self.ema.copy_to(self.params)
+            self.model.eval()
+            try:
+                with torch.no_grad(), self.accelerator.autocast():
+                    fn()
+            finally:
+                if self.ema is not None:
+                    self.ema.restore(self.params)
+                self.model.train()
+        self.accelerator.wait_for_everyone()
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
 
 
 def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Parameter], dataset: Dataset,
@@ -258,139 +352,31 @@ def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Para
     draw all its randomness from `generator`. `on_sample(step, model)` and `export(model)`
     run on the main process with the EMA weights swapped in.
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints_dir = run_dir / "checkpoints"
     if len(dataset) == 0:
         raise ValueError("the training set is empty")
     check_trainable(model, trainable)
-    names, params = list(trainable), list(trainable.values())
-
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
-    objective = _Objective(model, loss_fn)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.adam_eps,
-                                  weight_decay=config.weight_decay)
-    scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=config.lr_warmup_steps)
-    # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would step it per process.
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay > 0 else None
-    if ema is not None:
-        ema.to(accelerator.device)
-
-    step, losses, last_checkpoint = 0, [], None
-    metrics = MetricsLog(run_dir)
+    run = Training(run_dir, model, trainable, loss_fn, config)
     if resume:
-        checkpoint = read_latest_checkpoint(checkpoints_dir)
-        if checkpoint is None:
-            if accelerator.is_main_process:
-                say(f"{run_dir}: no checkpoint yet, starting from step 0")
-        else:
-            restore(checkpoint, trainable, optimizer, scheduler, ema)
-            step, losses, last_checkpoint = checkpoint.step, checkpoint.state["losses"], checkpoint.folder
-            if accelerator.is_main_process:
-                metrics.truncate(step)
-            if accelerator.is_main_process:
-                say(f"resuming {run_dir} from step {step}")
-
-    def save_checkpoint() -> Path:
-        folder = checkpoints_dir / f"step-{step:06d}"
-        if accelerator.is_main_process:
-            write_checkpoint(
-                checkpoints_dir, step,
-                model={n: p for n, p in zip(names, params)},
-                ema=dict(zip(names, ema.shadow_params)) if ema is not None else None,
-                optimizer=optimizer.state_dict(), rng=rng_state(),
-                state={"losses": losses, "scheduler": scheduler.state_dict(),
-                       "ema_optimization_step": ema.optimization_step if ema is not None else None},
-                keep=config.keep_checkpoints,
-            )
-            metrics.plot()
-        accelerator.wait_for_everyone()
-        return folder
-
-    def with_ema_weights(fn: Callable[[], None]) -> None:
-        """Run `fn` on the main process with the EMA weights in place, in eval mode, without grad."""
-        if accelerator.is_main_process:
-            if ema is not None:
-                ema.store(params)
-                ema.copy_to(params)
-            model.eval()
-            try:
-                with torch.no_grad(), accelerator.autocast():
-                    fn()
-            finally:
-                if ema is not None:
-                    ema.restore(params)
-                model.train()
-        accelerator.wait_for_everyone()
-
-    accum = config.grad_accum
-    workers = loader_workers(config.num_workers)
-    batches = iter(DataLoader(
-        dataset, num_workers=workers, pin_memory=accelerator.device.type == "cuda",
-        prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
-        batch_sampler=PlannedBatches(len(dataset), config.batch_size, config.seed, accelerator.process_index,
-                                     accelerator.num_processes, start=step * accum,
-                                     count=max(0, config.steps - step) * accum),
-    ))
+        run.resume_from_latest()
+    batches = run.batches(dataset)
     model.train()
-    started, started_step = time.perf_counter(), step
-    console = stderr
-    show = progress and accelerator.is_main_process
-    # In a log file (no terminal) a live bar cannot redraw: print a plain line every 5 % instead.
-    plain_every = None if console.is_terminal else max(1, config.steps // 20)
-    with _progress_bar(show and console.is_terminal, console) as bar:
-        task = bar.add_task(run_dir.name, total=config.steps, completed=step, loss="-", rate="-")
-        while step < config.steps:
-            total = torch.zeros((), device=accelerator.device)
-            for j in range(accum):
-                micro = step * accum + j
-                batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
-                generator = micro_step_generator(config.seed, accelerator.process_index, micro)
-                # gradients are all-reduced only on the last micro-batch of a step
-                with accelerator.no_sync(objective) if j < accum - 1 else nullcontext():
-                    loss = objective(batch, generator)
-                    accelerator.backward(loss / accum)
-                total += loss.detach().float()
-            loss_value = accelerator.reduce(total / accum, reduction="mean").item()
-            if not math.isfinite(loss_value):
-                where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-                raise TrainingDivergedError(
-                    f"{run_dir}: the loss became {loss_value} at step {step + 1}; {where}. "
-                    "Resume with --resume and a lower --lr, or turn off mixed precision."
-                )
-            if config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(params)
-            step += 1
-            losses.append(loss_value)
-
-            rate = (step - started_step) / (time.perf_counter() - started)
-            bar.update(task, completed=step, loss=f"{loss_value:.4f}", rate=f"{rate:.2f}")
-            if show and plain_every and (step % plain_every == 0 or step == config.steps):
-                eta = (config.steps - step) / rate if rate > 0 else float("nan")
-                say(f"{run_dir.name}: step {step}/{config.steps}  loss {loss_value:.4f}  "
-                    f"{rate:.2f} it/s  ETA {eta:.0f} s")
-            if accelerator.is_main_process and (step % config.log_every == 0 or step == config.steps):
-                metrics.append({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                                "it_per_s": round(rate, 3)})
-            if on_sample is not None and (step % config.sample_every == 0 or step == config.steps):
-                with_ema_weights(lambda: on_sample(step, model))
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                last_checkpoint = save_checkpoint()
-
+    started, started_step = time.perf_counter(), run.step
+    with StepProgress(run_dir.name, config.steps, run.step, enabled=progress and run.is_main) as report:
+        while run.step < config.steps:
+            loss = run.optimizer_step(batches)
+            rate = (run.step - started_step) / (time.perf_counter() - started)
+            report.update(run.step, loss, rate)
+            if _due(run.step, config.log_every, config.steps):
+                run.log(loss, rate)
+            if on_sample is not None and _due(run.step, config.sample_every, config.steps):
+                run.with_ema_weights(lambda: on_sample(run.step, model))
+            if _due(run.step, config.checkpoint_every, config.steps):
+                run.save_checkpoint()
     if export is not None:
-        with_ema_weights(lambda: export(model))
-    return TrainResult(step=step, losses=losses, run_dir=run_dir, checkpoint=last_checkpoint)
+        run.with_ema_weights(lambda: export(model))
+    return TrainResult(step=run.step, losses=run.losses, run_dir=run_dir, checkpoint=run.last_checkpoint)
 
 
 def restore(checkpoint, trainable: dict[str, nn.Parameter], optimizer, scheduler, ema) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from survgen.classes import ClassVocabulary
 from survgen.diffusion.sampling import make_sampler, sample_latents
-from survgen.generation.sampler import VideoSampler, initial_noise, noise_generators
+from survgen.diffusion.video_sampler import VideoSampler, initial_noise, noise_generators
 from survgen.models.spatial import SpatialModel
 from survgen.visualize import grid, save_png, to_uint8
 

@@ -11,40 +11,24 @@ by default there).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from survgen.data.datasets import FrameDataset
-from survgen.data.index import CLIP_FPS, build_index
+from survgen.data.index import build_index
 from survgen.data.latent_cache import CachedFrameDataset, open_latent_cache
 from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction, sample_latents
-from survgen.models.spatial import SpatialModel, build_spatial, check_image_size, load_spatial, save_spatial
-from survgen.models.video_models import NATIVE_IMAGE_SIZE
+from survgen.models.loading import load_vae
+from survgen.models.spatial import SpatialModel, build_spatial, check_image_size, save_spatial
+from survgen.presets import NATIVE_IMAGE_SIZE
 from survgen.config import config_to_dict
-from survgen.runs import RunInfo, read_run, relative_to_run
+from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
-from survgen.training.loop import TrainConfig, train
+from survgen.training.configs import SpatialStageConfig
+from survgen.training.loop import train
 from survgen.training.previews import write_image_samples
-
-
-@dataclass
-class SpatialStageConfig:
-    preset: str = "tiny"
-    pretrained: str | None = None  # sd15: a local SD 1.5 folder/.safetensors; tiny: optional start point
-    tokenizer: str | None = None  # for single-file checkpoints
-    vae: str | None = None  # tiny: a `survgen train-vae` run folder
-    image_size: int | None = None  # None: the preset's (NATIVE_IMAGE_SIZE: sd15 256 as in the paper, tiny 64)
-    train_text_encoder: bool | None = None  # None: on for tiny (random encoder), off for sd15
-    prompt_dropout: float = 0.1
-    clip_length: int = 16
-    clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame
-    cache: str | None = None  # a `survgen data cache` folder: the frames' VAE posteriors, read instead of decoding
-    sample_steps: int = 25
-    sample_guidance: float = 3.0
-    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 class SpatialTrainee(nn.Module):
@@ -66,15 +50,8 @@ def starting_model(cfg: SpatialStageConfig, vocabulary) -> SpatialModel:
                 "the tiny preset needs a trained autoencoder: run `survgen train-vae --data DIR --out RUN_VAE` "
                 "first and pass --vae RUN_VAE"
             )
-        vae_run = read_run(cfg.vae, stage="vae")
-        spatial.vae = load_spatial_vae(vae_run.model_dir)
+        spatial.vae, _ = load_vae(vae=cfg.vae)
     return spatial
-
-
-def load_spatial_vae(folder: Path):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(folder, local_files_only=True)
 
 
 def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *, resume: bool = False,
@@ -124,37 +101,3 @@ def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *,
                      dataset=frames, loss_fn=loss_fn, config=cfg.train,
                      on_sample=on_sample, resume=resume, progress=progress,
                      export=lambda model: save_spatial(spatial, out / "model"))
-
-
-def load_cache_vae(*, spatial: str | Path | None = None, vae: str | Path | None = None):
-    """The frozen VAE both stages will encode with, and the image size its run trained at (None if unknown).
-
-    `spatial`: a stage-1 run folder or a diffusers SD folder (its `vae/`);
-    `vae`: a `survgen train-vae` run (the tiny preset's), which stage 1 then
-    uses unchanged, so its cache serves stage 1 before any stage-1 run exists.
-    """
-    if (spatial is None) == (vae is None):
-        raise ValueError("give exactly one of --spatial RUN1 (a stage-1 run or diffusers SD folder) and "
-                         "--vae RUN_VAE (a `survgen train-vae` run)")
-    if vae is not None:
-        run = read_run(vae, stage="vae")
-        return load_spatial_vae(run.model_dir), run.options.get("image_size")
-    folder = spatial_model_dir(spatial)
-    if not (folder / "vae").is_dir():
-        raise ValueError(f"{spatial}: holds no vae/ folder; --spatial takes a stage-1 run folder or a diffusers "
-                         "Stable Diffusion folder")
-    run = read_run(spatial, stage="spatial") if (Path(spatial) / "run.json").exists() else None
-    return load_spatial_vae(folder / "vae"), run.options.get("image_size") if run else None
-
-
-def spatial_model_dir(path: str | Path) -> Path:
-    """The diffusers folder behind `path`: a stage-1 run's model/, or `path` itself when it is one."""
-    path = Path(path)
-    return read_run(path, stage="spatial").model_dir if (path / "run.json").exists() else path
-
-
-def load_spatial_run(path: str | Path) -> tuple[SpatialModel, RunInfo | None]:
-    """A stage-1 run folder's model, or any diffusers SD folder given directly."""
-    path = Path(path)
-    run = read_run(path, stage="spatial") if (path / "run.json").exists() else None
-    return load_spatial(run.model_dir if run else path), run

@@ -19,8 +19,6 @@ spatial model is referenced from `run.json`, not copied.
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,59 +26,23 @@ from torch import nn
 
 from survgen.config import config_to_dict
 from survgen.data.datasets import ClipDataset
-from survgen.data.index import CLIP_FPS, build_index
+from survgen.data.index import build_index
 from survgen.data.latent_cache import CachedClipDataset, open_latent_cache
 from survgen.diffusion.objective import dropped_conditions, noise_for_v_prediction, sample_latents
-from survgen.io import atomic_folder, load_safetensors
-from survgen.models.dino_prior import PRIOR_WEIGHT, DinoPrior
+from survgen.models.dino_prior import DinoPrior
+from survgen.models.loading import load_spatial_run, save_video_model
 from survgen.models.spatial import SpatialModel, check_image_size, check_v_prediction
-from survgen.models.video_models import (VideoModel, arch_of, build_video_model, check_arch, video_model_config,
-                                         video_model_from_config)
-from survgen.models.video_unet import TEMPORAL_PRESETS, VideoUNet
-from survgen.runs import RunInfo, read_run, relative_to_run
-from survgen.training.checkpoint import open_training_run, save_safetensors_atomic, training_run
-from survgen.training.loop import TrainConfig, resolve_mixed_precision, train
+from survgen.models.video_base import VideoModel
+from survgen.models.video_models import build_video_model
+from survgen.models.video_unet import TEMPORAL_PRESETS
+from survgen.runs import RunInfo, relative_to_run
+from survgen.training.checkpoint import open_training_run, training_run
+from survgen.training.configs import TemporalStageConfig
+from survgen.training.loop import resolve_mixed_precision, train
 from survgen.training.previews import write_video_samples
-from survgen.training.stage1 import load_spatial_run
-
-TEMPORAL_WEIGHTS = "temporal.safetensors"
-TEMPORAL_CONFIG = "temporal_config.json"
-
 
 class SpatialWeightsChangedError(RuntimeError):
     """Stage 2 must leave every frozen weight untouched."""
-
-
-@dataclass
-class TemporalStageConfig:
-    arch: str = "survgen"  # survgen | lvdm | endora
-    classes: list[str] = field(default_factory=lambda: ["G7"])
-    clip_length: int = 16
-    clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame
-    cache: str | None = None  # a `survgen data cache` folder: the frames' VAE posteriors, read instead of decoding
-    image_size: int | None = None  # None: the size stage 1 trained at
-    condition_dropout: float = 0.1  # prompt and class dropped together: sampling's unconditional branch drops both
-    gradient_checkpointing: bool = False
-    sample_steps: int = 25
-    sample_guidance: float = 3.0
-    heads: int | None = None  # survgen only; None: the spatial preset's default (TEMPORAL_PRESETS)
-    attention_layers: int | None = None  # survgen only
-    prior_dino: str | None = None  # endora only: local DINO ViT folder, turns on Endora's prior loss
-    prior_weight: float = PRIOR_WEIGHT
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def check(self) -> None:
-        check_arch(self.arch)
-        if self.arch != "survgen" and (self.heads is not None or self.attention_layers is not None):
-            raise ValueError(f"--attention-layers and heads shape survgen's temporal blocks; --arch {self.arch} "
-                             "takes its size from the spatial preset")
-        if self.prior_dino is not None and self.arch != "endora":
-            raise ValueError("--prior-dino is Endora's prior loss; use it with --arch endora")
-        if self.prior_dino is not None and self.cache is not None:
-            raise ValueError("--prior-dino compares the clips' pixels, which a latent cache does not hold; "
-                             "train without --cache")
-        if self.prior_weight < 0:
-            raise ValueError(f"--prior-weight must be 0 or more, got {self.prior_weight}")
 
 
 class TemporalTrainee(nn.Module):
@@ -94,13 +56,11 @@ class TemporalTrainee(nn.Module):
         self.prior = prior
 
     def frozen_modules(self) -> list[nn.Module]:
-        spatial_unet = [self.video_model.unet] if isinstance(self.video_model, VideoUNet) else []
-        return spatial_unet + [self.vae, self.text_encoder] + ([self.prior.dino] if self.prior else [])
+        return self.video_model.frozen_modules() + [self.vae, self.text_encoder] + ([self.prior.dino] if self.prior else [])
 
     def store_frozen_in(self, dtype: torch.dtype) -> None:
         """Store the frozen U-Net and VAE in `dtype` (the text encoder runs once, before training, in full precision)."""
-        spatial_unet = [self.video_model.unet] if isinstance(self.video_model, VideoUNet) else []
-        for module in spatial_unet + [self.vae]:
+        for module in self.video_model.frozen_modules() + [self.vae]:
             module.to(dtype)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
@@ -122,10 +82,33 @@ def frozen_fingerprint(trainee: TemporalTrainee) -> torch.Tensor:
     return torch.stack([t.detach().double().sum() for t in tensors] + [t.detach().double().square().sum() for t in tensors])
 
 
+def frame_size(cfg: TemporalStageConfig, spatial: SpatialModel, spatial_run: RunInfo | None) -> int:
+    """The frame size to train at: as asked, else the one stage 1 trained at (SD 1.5's U-Net config says
+    512 px even when fine-tuned at 256, so a run's own record comes first)."""
+    size = cfg.image_size if cfg.image_size is not None else (
+        (spatial_run.options.get("image_size") if spatial_run else None)
+        or spatial.unet.config.sample_size * spatial.vae_downsample)
+    check_image_size(size, spatial.image_multiple)
+    return size
+
+
+def fresh_video_model(cfg: TemporalStageConfig, spatial: SpatialModel, spatial_run: RunInfo | None,
+                      num_classes: int, image_size: int) -> VideoModel:
+    """The untrained video model of `cfg.arch` at the spatial model's preset; its initial weights come from the
+    run's seed."""
+    preset = spatial_run.options.get("preset", "sd15") if spatial_run else "sd15"
+    sized = {k: v for k, v in (("heads", cfg.heads), ("attention_layers", cfg.attention_layers)) if v is not None}
+    torch.manual_seed(cfg.train.seed)
+    video_model = build_video_model(cfg.arch, spatial, preset=preset, num_classes=num_classes,
+                                    latent_size=image_size // spatial.vae_downsample,
+                                    temporal=dataclasses.replace(TEMPORAL_PRESETS[preset], **sized))
+    video_model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
+    return video_model
+
+
 def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, cfg: TemporalStageConfig, *,
                    resume: bool = False, progress: bool = True):
     """Run stage 2 for `cfg.classes` into the run folder `out`."""
-    cfg.check()
     out = Path(out)
     open_training_run(out, "temporal", resume, config_to_dict(cfg), data=data, parent=spatial_path)
     if not (Path(spatial_path) / "run.json").exists():
@@ -138,23 +121,10 @@ def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, 
     clips = index.for_classes(class_ids)
     if len(clips) == 0:
         raise ValueError(f"{data}: no {cfg.clip_length}-frame clips of class(es) {', '.join(cfg.classes)}")
-    preset = spatial_run.options.get("preset", "sd15") if spatial_run else "sd15"
-    # default: the frame size stage 1 trained at (SD 1.5's U-Net config says 512 px even when fine-tuned at 256)
-    image_size = cfg.image_size if cfg.image_size is not None else (
-        (spatial_run.options.get("image_size") if spatial_run else None)
-        or spatial.unet.config.sample_size * spatial.vae_downsample)
-    check_image_size(image_size, spatial.image_multiple)
+    image_size = frame_size(cfg, spatial, spatial_run)
     dataset = (CachedClipDataset(clips, open_latent_cache(cfg.cache, spatial.vae, image_size)) if cfg.cache
                else ClipDataset(clips, size=image_size))
-    temporal = dataclasses.replace(
-        TEMPORAL_PRESETS[preset],
-        **{k: v for k, v in (("heads", cfg.heads), ("attention_layers", cfg.attention_layers)) if v is not None},
-    )
-
-    torch.manual_seed(cfg.train.seed)  # the trained weights' initial values are part of the run's seed
-    video_model = build_video_model(cfg.arch, spatial, preset=preset, num_classes=len(vocabulary),
-                                    latent_size=image_size // spatial.vae_downsample, temporal=temporal)
-    video_model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
+    video_model = fresh_video_model(cfg, spatial, spatial_run, len(vocabulary), image_size)
     prior = DinoPrior.from_folder(cfg.prior_dino, video_model) if cfg.prior_dino else None
     model = TemporalTrainee(video_model, spatial, prior)
     model.store_frozen_in(frozen_weight_dtype(cfg.train.mixed_precision))
@@ -207,32 +177,3 @@ def stage2_loss(model: TemporalTrainee, spatial: SpatialModel, prompts: torch.Te
                                        features_of=model.prior.block_indices)
     prior_loss = model.prior.loss(features, batch["pixels"].flatten(0, 1))
     return nn.functional.mse_loss(pred.float(), noised.target.float()) + cfg.prior_weight * prior_loss
-
-
-def save_video_model(video_model: VideoModel, folder: Path) -> None:
-    weights = {n: p.detach() for n, p in video_model.trainable_parameters().items()}
-    with atomic_folder(folder) as tmp:
-        save_safetensors_atomic(weights, tmp / TEMPORAL_WEIGHTS)
-        (tmp / TEMPORAL_CONFIG).write_text(json.dumps(video_model_config(video_model), indent=2) + "\n")
-
-
-def run_arch(run_folder: str | Path) -> str:
-    """The architecture of a stage-2 run, read from its saved config (nothing loaded)."""
-    run = read_run(run_folder, stage="temporal")
-    return json.loads((run.model_dir / TEMPORAL_CONFIG).read_text()).get("arch", "survgen")
-
-
-def load_video_model(run_folder: str | Path) -> tuple[VideoModel, SpatialModel, RunInfo]:
-    """A stage-2 run's video model, with the spatial model (VAE, text encoder) it was trained on."""
-    run = read_run(run_folder, stage="temporal")
-    spatial, _ = load_spatial_run(run.parent_path)
-    video_model = video_model_from_config(json.loads((run.model_dir / TEMPORAL_CONFIG).read_text()), spatial)
-    missing, unexpected = video_model.load_state_dict(
-        load_safetensors(run.model_dir / TEMPORAL_WEIGHTS, f"train the run again, or resume it from its checkpoints: survgen train-temporal --out {run.folder} --resume"),
-        strict=False)
-    if isinstance(video_model, VideoUNet):  # the frozen U-Net comes from the spatial model, not this file
-        missing = [k for k in missing if not k.startswith("unet.")]
-    if missing or unexpected:
-        raise ValueError(f"{run.model_dir / TEMPORAL_WEIGHTS}: weights do not match the {arch_of(video_model)} "
-                         f"config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return video_model, spatial, run

@@ -1,13 +1,12 @@
-"""Sample class-conditioned videos from the video U-Net: text prompt + class embedding + guidance.
+"""Sample class-conditioned videos from a video model: text prompt + class embedding + guidance.
 
 Each video is a function of its own seed: its starting noise comes from a generator
 seeded with it; DDIM (η = 0) and DPM-Solver++ are deterministic from there, and
 DDPM draws each step's noise from that same generator. To the bit, a video also
-depends on its batch: CPU and GPU matrix kernels pick their blocking (and so their
-summation order) by the number of rows, so the same seed sampled alone and in a batch
-of 3 differs by float rounding (measured on the shipped model: up to 2e-6, which moved
-5 of 196,608 uint8 values by one level). `survgen generate` records each candidate's
-batch, so that a lost video is made again in the same batch, bit for bit.
+depends on its batch: matrix kernels pick their blocking (and so their summation
+order) by the number of rows, so a seed sampled alone and in a batch of 3 differs
+by float rounding (benchmarks/NOTES.md). `survgen generate` records each
+candidate's batch, so that a lost video is made again in the same batch, bit for bit.
 """
 
 from __future__ import annotations

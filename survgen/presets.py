@@ -1,0 +1,32 @@
+"""Presets and architectures by name, with the sizes that go with them.
+
+Plain data, so that stage configs and the command line can check a name (and
+`--help` can show a default) without importing torch or building a model.
+"""
+
+from __future__ import annotations
+
+PRESETS = ("tiny", "sd15")  # tiny: CPU-sized, built from config; sd15: local Stable Diffusion 1.5 weights
+NATIVE_IMAGE_SIZE = {"tiny": 64, "sd15": 256}  # the frame size each preset trains and samples at (sd15: the paper's)
+
+BASELINES = ("lvdm", "endora")  # the paper's baselines, trained whole in survgen's latent space
+ARCHS = ("survgen",) + BASELINES
+
+CLASSIFIER_PRESETS = {
+    # CPU-sized: trains on the bundled procedural dataset in minutes
+    "tiny": dict(widths=(16, 32, 64, 128), image_size=64),
+    # torchvision's r3d_18 widths and input size (33M parameters)
+    "r3d18": dict(widths=(64, 128, 256, 512), image_size=112),
+}
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return arch
+
+
+def check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return preset
