@@ -201,7 +201,7 @@ def test_generate_throughput(benchmark, quick, tmp_path, topk):
         return (tmp_path / f"round-{next(folders)}",), {}
 
     def run(out):
-        manifests.append(generate(model_run, out, cfg, classifier=classifier_run, progress=False,
+        manifests.append(generate(model_run, out, cfg, classifier=classifier_run,
                                   loaded=(video, (classifier.to(DEVICE), vocabulary))))
 
     benchmark.pedantic(run, setup=setup, rounds=1 if quick else 2)

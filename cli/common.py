@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import click
 import typer
 
-from survgen.console import error, say
+from survgen.console import error, progress_bar, say, stderr
 
 DEBUG_VARIABLE = "SURVGEN_DEBUG"
 
@@ -173,6 +173,32 @@ def data_dir(given: Path | None, stored) -> Path:
     if given is None:
         raise ValueError("--data is required: the dataset root (e.g. one made by `survgen data synth --out DIR`)")
     return given
+
+
+@contextlib.contextmanager
+def training_progress(enabled: bool) -> Iterator:
+    """A training loop's progress on stderr, as the `progress` reporter it calls after every step: a live bar on a
+    terminal; in a log file, where a bar cannot redraw, a plain line every 5 % of the steps. None when disabled."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if not enabled:
+        yield None
+        return
+    tasks = {}
+    with progress_bar(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                      MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                      TextColumn("{task.fields[rate]} it/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                      TimeRemainingColumn(), transient=False) as bar:
+
+        def report(r) -> None:
+            if r.run not in tasks:  # a resumed run starts part-way
+                tasks[r.run] = bar.add_task(r.run, total=r.total, completed=r.step - 1, loss="-", rate="-")
+            bar.update(tasks[r.run], completed=r.step, loss=f"{r.loss:.4f}", rate=f"{r.rate:.2f}")
+            if not stderr.is_terminal and (r.step % max(1, r.total // 20) == 0 or r.step == r.total):
+                eta = (r.total - r.step) / r.rate if r.rate > 0 else float("nan")
+                say(f"{r.run}: step {r.step}/{r.total}  loss {r.loss:.4f}  {r.rate:.2f} it/s  ETA {eta:.0f} s")
+
+        yield report
 
 
 def print_result(result, out: Path) -> None:

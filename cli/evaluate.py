@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from survgen.cli.common import AsJson, Quiet, evaluate_app, user_errors
+from survgen.cli.common import AsJson, Quiet, evaluate_app, training_progress, user_errors
 from survgen.console import say, show, text
 
 Report = Annotated[Path, typer.Option("--report", help="Folder for report.md, its plots and the results (JSON); "
@@ -138,7 +138,8 @@ def downstream_command(
                                   checkpoint_every=max(1, min(100, steps))))
     cfg = DownstreamConfig(seeds=seeds or [0, 1, 2], without_rejection=without_rs, test_fraction=test_fraction,
                            classifier=classifier)
-    results = run_downstream(real, synthetic, report, cfg, test=test, progress=not quiet)
+    with training_progress(not quiet) as progress:
+        results = run_downstream(real, synthetic, report, cfg, test=test, progress=progress)
     write_downstream_report(results, report, command=_command_line())
     say(f"report: {report / 'report.md'}")
     if as_json:

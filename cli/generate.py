@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,7 +11,7 @@ import typer
 from rich.table import Table
 
 from survgen.cli.common import AttentionBackend, Quiet, app, attention_backend, user_errors
-from survgen.console import stderr, text
+from survgen.console import progress_bar, say, stderr, text
 
 
 @app.command()
@@ -60,9 +62,9 @@ def generate(
     cfg = GenerationConfig(classes=classes or ["G7"], n=n, reject_topk=reject_topk, max_candidates=max_candidates,
                            batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance,
                            num_frames=frames, fps=fps, seed=seed, gif=gif, keep_rejected=keep_rejected)
-    with attention_backend(attention):
+    with attention_backend(attention), generation_progress(not quiet) as progress:
         manifest = generate(model, out, cfg, classifier=classifier if reject_topk > 0 or classifier else None,
-                            progress=not quiet)
+                            progress=progress)
     table = Table(title=text(f"generated into {out}"))
     for column in ("class", "accepted", "candidates", "acceptance"):
         table.add_column(column, justify="right")
@@ -71,3 +73,31 @@ def generate(
         table.add_row(text(code), str(s["accepted"]), str(s["candidates"]), rate)
     stderr.print(table)  # generate's result is its folder, on stdout
     typer.echo(str(out))
+
+
+@contextlib.contextmanager
+def generation_progress(enabled: bool) -> Iterator:
+    """A bar per class on stderr (accepted of wanted, candidates, acceptance, speed), as the reporter
+    `generate` calls at each class's start and after every batch; in a log file, a plain line per tenth of a
+    class's videos accepted. None when disabled."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    if not enabled:
+        yield None
+        return
+    tasks, said = {}, {}
+    with progress_bar(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("accepted · {task.fields[candidates]} candidates · {task.fields[rate]} kept · "
+                                 "{task.fields[speed]} videos/s"), TimeElapsedColumn(), transient=False) as bar:
+
+        def report(r) -> None:
+            if r.code not in tasks:
+                tasks[r.code] = bar.add_task(r.code, total=r.wanted, candidates=0, rate="-", speed="-")
+            bar.update(tasks[r.code], completed=r.accepted, candidates=r.candidates,
+                       rate=f"{r.accepted / r.candidates:.0%}" if r.candidates else "-",
+                       speed=f"{r.videos_per_s:.2f}" if r.videos_per_s else "-")
+            if not stderr.is_terminal and r.accepted - said.setdefault(r.code, 0) >= max(1, r.wanted // 10):
+                said[r.code] = r.accepted
+                say(f"{r.code}: {r.accepted}/{r.wanted} accepted of {r.candidates} candidates")
+
+        yield report

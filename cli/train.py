@@ -15,7 +15,8 @@ import typer
 from rich.table import Table
 
 from survgen.cli.common import (AttentionBackend, ClipFps, DataDir, OutDir, Quiet, Resume, Workers, app,
-                                attention_backend, data_dir, open_run, print_result, stage_config, user_errors)
+                                attention_backend, data_dir, open_run, print_result, stage_config, training_progress,
+                                user_errors)
 from survgen.console import stderr, text
 from survgen.training.configs import (AutoencoderStageConfig, ClassifierStageConfig, SpatialStageConfig,
                                       TemporalStageConfig)
@@ -60,7 +61,9 @@ def train_vae(
     from survgen.training.autoencoder import train_autoencoder
 
     cfg = stage_config(ctx, AutoencoderStageConfig, stored, WORKERS)
-    print_result(train_autoencoder(data_dir(data, stored), out, cfg, resume=resume, progress=not quiet), out)
+    with training_progress(not quiet) as progress:
+        result = train_autoencoder(data_dir(data, stored), out, cfg, resume=resume, progress=progress)
+    print_result(result, out)
 
 
 @app.command("train-spatial")
@@ -96,7 +99,9 @@ def train_spatial(
     from survgen.training.stage1 import train_spatial as run_stage
 
     cfg = stage_config(ctx, SpatialStageConfig, stored, WORKERS)
-    print_result(run_stage(data_dir(data, stored), out, cfg, resume=resume, progress=not quiet), out)
+    with training_progress(not quiet) as progress:
+        result = run_stage(data_dir(data, stored), out, cfg, resume=resume, progress=progress)
+    print_result(result, out)
 
 
 @app.command("train-temporal")
@@ -140,8 +145,8 @@ def train_temporal(
     spatial = spatial or (stored.parent_path if stored else None)
     if spatial is None:
         raise ValueError("--spatial is required: the run folder of `survgen train-spatial`")
-    with attention_backend(attention):
-        result = run_stage(data_dir(data, stored), spatial, out, cfg, resume=resume, progress=not quiet)
+    with attention_backend(attention), training_progress(not quiet) as progress:
+        result = run_stage(data_dir(data, stored), spatial, out, cfg, resume=resume, progress=progress)
     print_result(result, out)
 
 
@@ -174,7 +179,8 @@ def train_classifier(
     from survgen.training.classifier import train_classifier as run_stage
 
     cfg = stage_config(ctx, ClassifierStageConfig, stored, {**WORKERS, "val_every": "train.sample_every"})
-    result = run_stage(data_dir(data, stored), out, cfg, resume=resume, progress=not quiet)
+    with training_progress(not quiet) as progress:
+        result = run_stage(data_dir(data, stored), out, cfg, resume=resume, progress=progress)
     if result.extra.get("validation"):
         stderr.print(_validation_table(result.extra["validation"]))  # the command's result is its folder, on stdout
     print_result(result, out)

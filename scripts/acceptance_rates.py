@@ -34,7 +34,7 @@ for code in args.classes:
     started = time.perf_counter()
     cfg = GenerationConfig(classes=[code], n=args.n, reject_topk=0, batch_size=4, sampler=args.sampler,
                            steps=args.steps)
-    manifest = generate(model, args.out / code, cfg, classifier=classifier, progress=False)
+    manifest = generate(model, args.out / code, cfg, classifier=classifier)
     videos = manifest["videos"]
     ranks = [[t["class"] for t in v["classifier_topk"]] for v in videos]
     results[code] = {

@@ -31,8 +31,7 @@ def vae_run(synth_dataset, tmp_path_factory):
     from survgen.training.autoencoder import train_autoencoder
 
     out = tmp_path_factory.mktemp("runs") / "vae"
-    train_autoencoder(synth_dataset, out, AutoencoderStageConfig(train=fast_train(steps=6, batch_size=8)),
-                      progress=False)
+    train_autoencoder(synth_dataset, out, AutoencoderStageConfig(train=fast_train(steps=6, batch_size=8)))
     return out
 
 
@@ -45,7 +44,7 @@ def spatial_run(synth_dataset, vae_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "spatial"
     cfg = SpatialStageConfig(vae=str(vae_run), sample_steps=2,
                              train=fast_train(steps=30, batch_size=8, sample_every=30))
-    result = train_spatial(synth_dataset, out, cfg, progress=False)
+    result = train_spatial(synth_dataset, out, cfg)
     return out, result
 
 
@@ -57,5 +56,5 @@ def temporal_run(synth_dataset, spatial_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "temporal-G7"
     cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=fast_train(steps=2, batch_size=2))
-    train_temporal(synth_dataset, spatial_run[0], out, cfg, progress=False)
+    train_temporal(synth_dataset, spatial_run[0], out, cfg)
     return out

@@ -232,7 +232,7 @@ def test_train_temporal_arch_trains_the_whole_baseline_and_generate_samples_it(a
     cfg = TemporalStageConfig(arch=arch, classes=["G7"], sample_steps=2,
                               prior_dino=str(tiny_dino) if arch == "endora" else None,
                               train=fast_train(steps=3, batch_size=2, sample_every=3))
-    result = train_temporal(synth_dataset, spatial_run[0], out, cfg, progress=False)
+    result = train_temporal(synth_dataset, spatial_run[0], out, cfg)
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
     weights = load_file(out / "model" / "temporal.safetensors")
     model, spatial, run = load_video_model(out)
@@ -241,7 +241,7 @@ def test_train_temporal_arch_trains_the_whole_baseline_and_generate_samples_it(a
     assert (out / "samples" / "step-000003" / "frames.png").exists()
 
     manifest = generate(out, tmp_path / "gen", GenerationConfig(classes=["G7"], n=2, reject_topk=0, steps=2,
-                                                                num_frames=4, sampler="ddpm"), progress=False)
+                                                                num_frames=4, sampler="ddpm"))
     assert manifest["model"]["arch"] == arch
     assert len([v for v in manifest["videos"] if v["accepted"]]) == 2
     assert all((tmp_path / "gen" / v["file"]).exists() for v in manifest["videos"])

@@ -103,7 +103,7 @@ def test_the_balancing_sampler_gives_every_class_as_many_clips_as_the_commonest(
 @pytest.fixture(scope="module")
 def classifier_run(synth_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("classifier") / "run"
-    result = train_classifier(synth_dataset, out, small_config(steps=40, lr=3e-3, sample_every=20), progress=False)
+    result = train_classifier(synth_dataset, out, small_config(steps=40, lr=3e-3, sample_every=20))
     return out, result
 
 
@@ -148,9 +148,9 @@ def test_resume_equals_uninterrupted(synth_dataset, tmp_path):
         return ClassifierStageConfig(**SMALL, balance="sampler",
                                      train=fast_train(steps=steps, batch_size=4, checkpoint_every=2))
 
-    whole = train_classifier(synth_dataset, tmp_path / "whole", cfg(4), progress=False)
-    train_classifier(synth_dataset, tmp_path / "parts", cfg(2), progress=False)
-    resumed = train_classifier(synth_dataset, tmp_path / "parts", cfg(4), resume=True, progress=False)
+    whole = train_classifier(synth_dataset, tmp_path / "whole", cfg(4))
+    train_classifier(synth_dataset, tmp_path / "parts", cfg(2))
+    resumed = train_classifier(synth_dataset, tmp_path / "parts", cfg(4), resume=True)
     assert resumed.losses == whole.losses
     a = load_file(tmp_path / "whole" / "model" / "classifier.safetensors")
     b = load_file(tmp_path / "parts" / "model" / "classifier.safetensors")

@@ -95,7 +95,7 @@ def generated(temporal_run, tmp_path_factory):
     judge = ScriptedClassifier([7, 0, 1], [0, 1, 2])  # G7 in the top-3, then not
     out = tmp_path_factory.mktemp("gen") / "rare"
     cfg = GenerationConfig(classes=["G7"], n=2, batch_size=1, steps=2, keep_rejected=True)
-    generate(temporal_run, out, cfg, classifier="scripted", progress=False,
+    generate(temporal_run, out, cfg, classifier="scripted",
              loaded=(load_video_model(temporal_run), (judge, ClassVocabulary())))
     return out
 
@@ -111,7 +111,7 @@ def test_the_runner_trains_every_arm_and_seed_and_writes_a_report(synth_dataset,
     from survgen.evaluation.report import write_downstream_report
 
     out = tmp_path / "downstream"
-    results = run_downstream(synth_dataset, [generated], out, tiny_config(), progress=False)
+    results = run_downstream(synth_dataset, [generated], out, tiny_config())
     names = [a["name"] for a in results["arms"]]
     assert names == ["real", "real + rare (top-3 RS)", "real + rare (no RS)"]
     # the arm without rejection takes the first candidates (accepted 0, rejected 1) as many as were accepted
@@ -138,19 +138,19 @@ def test_the_runner_trains_every_arm_and_seed_and_writes_a_report(synth_dataset,
     assert f"{balanced['mean']:.3f} ± {balanced['std']:.3f}" in text  # the report shows this run's numbers
 
     # a second run of the same request retrains nothing; another request into the folder is refused
-    again = run_downstream(synth_dataset, [generated], out, tiny_config(), progress=False)
+    again = run_downstream(synth_dataset, [generated], out, tiny_config())
     assert again["runs"] == results["runs"]
     with pytest.raises(DownstreamError, match="other options"):
-        run_downstream(synth_dataset, [generated], out, tiny_config(seeds=[5]), progress=False)
+        run_downstream(synth_dataset, [generated], out, tiny_config(seeds=[5]))
 
 
 def test_bad_requests_are_refused_with_the_fix(synth_dataset, tmp_path):
     with pytest.raises(DownstreamError, match="no manifest.json"):
-        run_downstream(synth_dataset, [synth_dataset], tmp_path / "a", tiny_config(), progress=False)
+        run_downstream(synth_dataset, [synth_dataset], tmp_path / "a", tiny_config())
     with pytest.raises(DownstreamError, match="shares video files"):
-        run_downstream(synth_dataset, [], tmp_path / "b", tiny_config(), test=synth_dataset, progress=False)
+        run_downstream(synth_dataset, [], tmp_path / "b", tiny_config(), test=synth_dataset)
     with pytest.raises(DownstreamError, match="seeds repeat"):
-        run_downstream(synth_dataset, [], tmp_path / "c", tiny_config(seeds=[1, 1]), progress=False)
+        run_downstream(synth_dataset, [], tmp_path / "c", tiny_config(seeds=[1, 1]))
 
 
 # ---------------------------------------------------------------- quality

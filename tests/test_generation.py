@@ -48,8 +48,7 @@ def video_model(temporal_run):
 def run(video_model, temporal_run, out, judge=None, **options):
     cfg = GenerationConfig(**{"classes": ["G7"], "n": 3, "batch_size": 2, "steps": 2, **options})
     loaded = (video_model, (judge, ClassVocabulary()) if judge is not None else None)
-    return generate(temporal_run, out, cfg, classifier="scripted" if judge is not None else None,
-                    progress=False, loaded=loaded)
+    return generate(temporal_run, out, cfg, classifier="scripted" if judge is not None else None, loaded=loaded)
 
 
 def test_a_video_is_kept_iff_its_class_is_in_the_top_k():
@@ -226,7 +225,7 @@ def test_a_class_the_model_never_trained_on_is_warned_about(video_model, tempora
 def test_a_classifier_of_other_classes_is_refused(video_model, temporal_run, tmp_path):
     other = (ScriptedClassifier([0]), ClassVocabulary(names=["idle", "cut"]))
     with pytest.raises(GenerationError, match="trained on classes"):
-        generate(temporal_run, tmp_path / "g", GenerationConfig(), classifier="x", progress=False,
+        generate(temporal_run, tmp_path / "g", GenerationConfig(), classifier="x",
                  loaded=(video_model, other))
 
 
@@ -260,13 +259,12 @@ def test_an_exported_default_generates_with_its_own_classifier(synth_dataset, te
 
     classifier_run = tmp_path / "classifier"
     train_classifier(synth_dataset, classifier_run,
-                     ClassifierStageConfig(image_size=32, clip_length=8, train=fast_train(steps=2, batch_size=4)),
-                     progress=False)
+                     ClassifierStageConfig(image_size=32, clip_length=8, train=fast_train(steps=2, batch_size=4)))
     shipped = export_default(temporal_run, classifier_run, dest=tmp_path / "default")
     assert json.loads((shipped / "temporal" / "run.json").read_text())["parent"] == "../spatial"
     # the copy stands alone: generation needs neither the original runs nor the training data
     manifest = generate(shipped / "temporal", tmp_path / "gen", GenerationConfig(n=1, steps=2, reject_topk=8),
-                        classifier=shipped / "classifier", progress=False)
+                        classifier=shipped / "classifier")
     assert manifest["summary"]["complete"] and manifest["videos"][0]["classifier_topk"]
 
 

@@ -50,7 +50,7 @@ def test_a_stage1_step_from_the_cache_equals_encoding_on_the_fly(data, vae_run, 
     def run(name, cache):
         cfg = SpatialStageConfig(vae=str(vae_run), cache=cache, sample_steps=1,
                                  train=fast_train(steps=2, batch_size=4))
-        return train_spatial(data, tmp_path / name, cfg, progress=False)
+        return train_spatial(data, tmp_path / name, cfg)
 
     on_the_fly, cached = run("pixels", None), run("cached", str(exact_cache))
     torch.testing.assert_close(cached.losses, on_the_fly.losses, rtol=1e-6, atol=0)
@@ -64,7 +64,7 @@ def test_a_stage2_step_from_the_cache_equals_encoding_on_the_fly(data, spatial_r
     def run(name, cache):
         cfg = TemporalStageConfig(classes=["G7"], cache=cache, sample_steps=1,
                                   train=fast_train(steps=2, batch_size=2))
-        return train_temporal(data, spatial_run[0], tmp_path / name, cfg, progress=False)
+        return train_temporal(data, spatial_run[0], tmp_path / name, cfg)
 
     on_the_fly, cached = run("pixels", None), run("cached", str(exact_cache))
     torch.testing.assert_close(cached.losses, on_the_fly.losses, rtol=1e-6, atol=0)

@@ -38,7 +38,7 @@ def test_temporal_stage_freezes_spatial_weights_and_trains_only_temporal(synth_d
     spatial_out, _ = spatial_run
     out = tmp_path / "temporal"
     cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=fast_train(steps=4, batch_size=2, sample_every=4))
-    result = train_temporal(synth_dataset, spatial_out, out, cfg, progress=False)
+    result = train_temporal(synth_dataset, spatial_out, out, cfg)
     assert len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
 
     weights = load_file(out / "model" / "temporal.safetensors")
@@ -61,9 +61,9 @@ def test_temporal_resume_equals_uninterrupted(synth_dataset, spatial_run, tmp_pa
         return TemporalStageConfig(classes=["G1"], train=fast_train(steps=steps, batch_size=2, checkpoint_every=2,
                                                                  ema_decay=0.9))
 
-    whole = train_temporal(synth_dataset, spatial_out, tmp_path / "whole", cfg(4), progress=False)
-    train_temporal(synth_dataset, spatial_out, tmp_path / "parts", cfg(2), progress=False)
-    resumed = train_temporal(synth_dataset, spatial_out, tmp_path / "parts", cfg(4), resume=True, progress=False)
+    whole = train_temporal(synth_dataset, spatial_out, tmp_path / "whole", cfg(4))
+    train_temporal(synth_dataset, spatial_out, tmp_path / "parts", cfg(2))
+    resumed = train_temporal(synth_dataset, spatial_out, tmp_path / "parts", cfg(4), resume=True)
     assert resumed.losses[-2:] == whole.losses[-2:]
     a = load_file(tmp_path / "whole" / "model" / "temporal.safetensors")
     b = load_file(tmp_path / "parts" / "model" / "temporal.safetensors")
@@ -74,9 +74,9 @@ def test_temporal_resume_equals_uninterrupted(synth_dataset, spatial_run, tmp_pa
 def test_stages_refuse_to_overwrite_and_check_the_run_stage(synth_dataset, spatial_run, vae_run, tmp_path):
     spatial_out, _ = spatial_run
     with pytest.raises(RunFolderError, match="holds a run already"):
-        train_spatial(synth_dataset, spatial_out, SpatialStageConfig(vae=str(vae_run)), progress=False)
+        train_spatial(synth_dataset, spatial_out, SpatialStageConfig(vae=str(vae_run)))
     with pytest.raises(RunFolderError, match="'vae' run"):
-        train_temporal(synth_dataset, vae_run, tmp_path / "t", TemporalStageConfig(), progress=False)
+        train_temporal(synth_dataset, vae_run, tmp_path / "t", TemporalStageConfig())
 
 
 def test_temporal_stage_with_the_fused_kernel_trains_like_the_reference(synth_dataset, spatial_run, tmp_path):
@@ -86,7 +86,7 @@ def test_temporal_stage_with_the_fused_kernel_trains_like_the_reference(synth_da
     losses, weights = {}, {}
     for backend in ("reference", "cpu"):
         with use_backend(backend):
-            result = train_temporal(synth_dataset, spatial_out, tmp_path / backend, cfg, progress=False)
+            result = train_temporal(synth_dataset, spatial_out, tmp_path / backend, cfg)
         losses[backend] = torch.tensor(result.losses)
         weights[backend] = load_file(tmp_path / backend / "model" / "temporal.safetensors")
     # float32 summation order is all that differs: losses agree to ~1e-7 relative. Weights are compared as
@@ -145,8 +145,8 @@ def test_stage2_refuses_a_raw_epsilon_prediction_folder(synth_dataset, spatial_r
     config = raw / "scheduler" / "scheduler_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "epsilon"}))
     with pytest.raises(ModelLoadError, match="predicts epsilon.*train-spatial --preset sd15"):
-        train_temporal(synth_dataset, raw, tmp_path / "t", TemporalStageConfig(), progress=False)
+        train_temporal(synth_dataset, raw, tmp_path / "t", TemporalStageConfig())
     assert not (tmp_path / "t").exists()
     # the stage-1 export itself is v-prediction and is accepted as --spatial
     train_temporal(synth_dataset, spatial_run[0] / "model", tmp_path / "ok",
-                   TemporalStageConfig(train=fast_train(steps=1, batch_size=1)), progress=False)
+                   TemporalStageConfig(train=fast_train(steps=1, batch_size=1)))

@@ -50,7 +50,7 @@ def run(run_dir, resume=False, loss_fn=toy_loss, on_sample=None, **config):
     cfg = TrainConfig(**{"steps": 8, "batch_size": 4, "lr": 1e-2, "ema_decay": 0.9, "checkpoint_every": 3,
                          "sample_every": 1000, "log_every": 1, "num_workers": 0, **config})
     result = train(run_dir=run_dir, model=model, trainable=model.trainable(), dataset=ToyData(), loss_fn=loss_fn,
-                   config=cfg, on_sample=on_sample, resume=resume, progress=False)
+                   config=cfg, on_sample=on_sample, resume=resume)
     return model, result
 
 

@@ -60,6 +60,7 @@ from survgen.io import output_folder, write_json_atomic, write_text_atomic
 from survgen.models.loading import load_classifier
 from survgen.training.classifier import train_classifier
 from survgen.training.configs import ClassifierStageConfig, TrainConfig
+from survgen.training.loop import StepReporter
 
 RESULTS = "downstream.json"
 TEST_RESULTS = "test.json"
@@ -349,7 +350,7 @@ def generator_saw_test(synthetic: Path, test_videos: list[Path]) -> str | None:
 
 
 def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Path, cfg: DownstreamConfig, *,
-                   test: str | Path | None = None, progress: bool = True) -> dict:
+                   test: str | Path | None = None, progress: StepReporter | None = None) -> dict:
     """Train and score every arm over every seed; returns (and writes to OUT/downstream.json) the results."""
     cfg.check()
     real, out = Path(real), Path(out)
@@ -428,7 +429,7 @@ def _results_without_runs(request: dict, vocabulary: ClassVocabulary, train_inde
 
 
 def train_and_score(real: Path, folder: Path, arm: Arm, seed: int, index: VideoIndex, points: list[TimePoint],
-                    vocabulary: ClassVocabulary, clf: ClassifierStageConfig, progress: bool) -> dict:
+                    vocabulary: ClassVocabulary, clf: ClassifierStageConfig, progress: StepReporter | None) -> dict:
     """One arm and seed: train its classifier in `folder`, score it on the test points, and keep the record in
     `folder/test.json`; a finished run's record is read back, never retrained."""
     done = folder / TEST_RESULTS

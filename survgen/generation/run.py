@@ -41,12 +41,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from survgen.classes import ClassVocabulary
-from survgen.console import say, stderr, warn
+from survgen.console import say, warn
 from survgen.data.index import CLIP_FPS
 from survgen.diffusion.video_sampler import VideoSampler, check_sampling_options
 from survgen.generation.candidates import Candidates, video_files, video_problem
@@ -113,6 +114,20 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@dataclass
+class ClassReport:
+    """What `generate` tells its caller's progress display: a class at its start and after every batch."""
+
+    code: str
+    wanted: int
+    accepted: int
+    candidates: int
+    videos_per_s: float | None = None  # candidates made per second this session
+
+
+ClassReporter = Callable[[ClassReport], None]
 
 
 class Judge:
@@ -242,7 +257,7 @@ def warn_unseen_classes(model: Path, run, class_ids: list[int]) -> list[str]:
 
 
 def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, classifier: str | Path | None = None,
-             progress: bool = True, loaded=None) -> dict:
+             progress: ClassReporter | None = None, loaded=None) -> dict:
     """Generate until `cfg.n` videos per class are accepted (or the candidate cap is hit); returns the manifest.
 
     A folder with a manifest of the same request is continued: videos it lists that are missing or damaged on
@@ -310,45 +325,44 @@ def _load(model: Path, classifier: Path | None, cfg: GenerationConfig, loaded):
     return (video_model, spatial, run), judge, cfg
 
 
-def _generate_classes(candidates: Candidates, videos: list[dict], class_ids: list[int], save, progress: bool) -> dict:
+def _generate_classes(candidates: Candidates, videos: list[dict], class_ids: list[int], save,
+                      progress: ClassReporter | None) -> dict:
     """Make candidates, a batch at a time, until each class has n accepted or hits the cap; the contact sheet's
     rows (frames, label) of this session's first few accepted and rejected videos."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     cfg, vocabulary = candidates.cfg, candidates.vocabulary
     sheet = {"accepted": [], "rejected": []}
     started, made_this_session = time.perf_counter(), 0
-    columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-               TextColumn("accepted · {task.fields[candidates]} candidates · {task.fields[rate]} kept · "
-                          "{task.fields[speed]} videos/s"), TimeElapsedColumn())
-    with Progress(*columns, console=stderr, disable=not progress) as bar:
-        for class_id in class_ids:
-            code = vocabulary.code(class_id)
-            mine = [v for v in videos if v["class_id"] == class_id]
-            n_accepted, n_candidates = sum(v["accepted"] for v in mine), len(mine)
-            task = bar.add_task(code, total=cfg.n, completed=n_accepted, candidates=n_candidates, rate="-",
-                                speed="-")
-            while n_accepted < cfg.n and n_candidates < cfg.candidate_cap:
-                # never more candidates than could still be needed: exactly n are kept, no surplus
-                count = min(cfg.batch_size, cfg.n - n_accepted, cfg.candidate_cap - n_candidates)
-                for record, frames in candidates.make(class_id, list(range(n_candidates, n_candidates + count))):
-                    videos.append(record)
-                    kind = "accepted" if record["accepted"] else "rejected"
-                    if len(sheet[kind]) < CONTACT_SHEET_ROWS:
-                        top1 = record.get("classifier_topk", [{}])[0].get("class", "-")
-                        label = f"{code}_{record['candidate']:05d} {'kept' if record['accepted'] else 'rejected'}"
-                        sheet[kind].append((frames, f"{label} (top-1 {top1})"))
-                    n_accepted += record["accepted"]
-                n_candidates += count
-                made_this_session += count
-                save()
-                speed = made_this_session / (time.perf_counter() - started)
-                bar.update(task, completed=n_accepted, candidates=n_candidates,
-                           rate=f"{n_accepted / n_candidates:.0%}", speed=f"{speed:.2f}")
-            if n_accepted < cfg.n:
-                warn(f"{code}: only {n_accepted} of {cfg.n} videos accepted after {n_candidates} candidates "
-                     "(the cap); raise --max-candidates, lower --reject-topk, or train the model longer")
+    for class_id in class_ids:
+        code = vocabulary.code(class_id)
+        mine = [v for v in videos if v["class_id"] == class_id]
+        report = ClassReport(code, wanted=cfg.n, accepted=sum(v["accepted"] for v in mine), candidates=len(mine))
+        if progress:
+            progress(report)
+        while report.accepted < cfg.n and report.candidates < cfg.candidate_cap:
+            # never more candidates than could still be needed: exactly n are kept, no surplus
+            count = min(cfg.batch_size, cfg.n - report.accepted, cfg.candidate_cap - report.candidates)
+            for record, frames in candidates.make(class_id, list(range(report.candidates, report.candidates + count))):
+                videos.append(record)
+                _add_to_sheet(sheet, record, frames, code)
+                report.accepted += record["accepted"]
+            report.candidates += count
+            made_this_session += count
+            save()
+            report.videos_per_s = made_this_session / (time.perf_counter() - started)
+            if progress:
+                progress(report)
+        if report.accepted < cfg.n:
+            warn(f"{code}: only {report.accepted} of {cfg.n} videos accepted after {report.candidates} candidates "
+                 "(the cap); raise --max-candidates, lower --reject-topk, or train the model longer")
     return sheet
+
+
+def _add_to_sheet(sheet: dict, record: dict, frames: torch.Tensor, code: str) -> None:
+    kind = "accepted" if record["accepted"] else "rejected"
+    if len(sheet[kind]) < CONTACT_SHEET_ROWS:
+        top1 = record.get("classifier_topk", [{}])[0].get("class", "-")
+        label = f"{code}_{record['candidate']:05d} {'kept' if record['accepted'] else 'rejected'}"
+        sheet[kind].append((frames, f"{label} (top-1 {top1})"))
 
 
 def repair(candidates: Candidates, videos: list[dict], save) -> None:

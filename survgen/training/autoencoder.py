@@ -22,7 +22,7 @@ from survgen.config import config_to_dict
 from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.configs import AutoencoderStageConfig
-from survgen.training.loop import train
+from survgen.training.loop import StepReporter, train
 from survgen.visualize import grid, save_png, to_uint8
 
 
@@ -33,7 +33,7 @@ def latent_scale(vae, frames: torch.Tensor) -> float:
 
 
 def train_autoencoder(data: str | Path, out: str | Path, cfg: AutoencoderStageConfig, *,
-                      resume: bool = False, progress: bool = True):
+                      resume: bool = False, progress: StepReporter | None = None):
     out = Path(out)
     open_training_run(out, "vae", resume, config_to_dict(cfg), data=data)
     index = build_index(data, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps)

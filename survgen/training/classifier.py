@@ -39,7 +39,7 @@ from survgen.models.loading import save_classifier
 from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.configs import ClassifierStageConfig
-from survgen.training.loop import TrainResult, loader_workers, train
+from survgen.training.loop import StepReporter, TrainResult, loader_workers, train
 
 VALIDATION_LOG = "validation.jsonl"
 
@@ -188,7 +188,7 @@ def _split_record(vocabulary: ClassVocabulary, train_index: VideoIndex, val_inde
 
 
 def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConfig, *, resume: bool = False,
-                     progress: bool = True, index: VideoIndex | None = None) -> TrainResult:
+                     progress: StepReporter | None = None, index: VideoIndex | None = None) -> TrainResult:
     """Train a video classifier on the clips of the dataset at `data` into the run folder `out`.
 
     `index`, when given, holds the clips to train on instead of those of `data`

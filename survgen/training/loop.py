@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from survgen.console import progress_bar, say, stderr
+from survgen.console import say
 from survgen.io import PNG_SOFTWARE, atomic_path
 from survgen.training.checkpoint import CheckpointError, read_latest_checkpoint, write_checkpoint
 from survgen.training.configs import TrainConfig
@@ -196,33 +196,18 @@ class MetricsLog:
         plt.close(fig)
 
 
-class StepProgress:
-    """Training progress on stderr: a live bar on a terminal; in a log file, where a bar cannot redraw,
-    a plain line every 5 % of the steps."""
+@dataclass
+class StepReport:
+    """What the loop tells its caller's progress display after every optimizer step (main process only)."""
 
-    def __init__(self, name: str, total: int, done: int, enabled: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    run: str  # the run folder's name
+    step: int
+    total: int
+    loss: float
+    rate: float  # optimizer steps per second since this session started
 
-        self.name, self.total, self.enabled = name, total, enabled
-        self.plain_every = None if stderr.is_terminal else max(1, total // 20)
-        self.bar = progress_bar(
-            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False, enabled=enabled)
-        self.task = self.bar.add_task(name, total=total, completed=done, loss="-", rate="-")
 
-    def __enter__(self) -> "StepProgress":
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def update(self, step: int, loss: float, rate: float) -> None:
-        self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
-        if self.enabled and self.plain_every and (step % self.plain_every == 0 or step == self.total):
-            eta = (self.total - step) / rate if rate > 0 else float("nan")
-            say(f"{self.name}: step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} it/s  ETA {eta:.0f} s")
+StepReporter = Callable[[StepReport], None]
 
 
 class Training:
@@ -345,12 +330,13 @@ def _due(step: int, every: int, last: int) -> bool:
 def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Parameter], dataset: Dataset,
           loss_fn: LossFn, config: TrainConfig, on_sample: Callable[[int, nn.Module], None] | None = None,
           export: Callable[[nn.Module], None] | None = None, resume: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: StepReporter | None = None) -> TrainResult:
     """Train `trainable` (a subset of `model`'s parameters) to `config.steps` optimizer steps.
 
     `loss_fn(model, batch, generator)` returns the mean loss of one micro-batch and must
     draw all its randomness from `generator`. `on_sample(step, model)` and `export(model)`
-    run on the main process with the EMA weights swapped in.
+    run on the main process with the EMA weights swapped in. `progress` gets a `StepReport`
+    after every step.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -363,17 +349,17 @@ def train(*, run_dir: str | Path, model: nn.Module, trainable: dict[str, nn.Para
     batches = run.batches(dataset)
     model.train()
     started, started_step = time.perf_counter(), run.step
-    with StepProgress(run_dir.name, config.steps, run.step, enabled=progress and run.is_main) as report:
-        while run.step < config.steps:
-            loss = run.optimizer_step(batches)
-            rate = (run.step - started_step) / (time.perf_counter() - started)
-            report.update(run.step, loss, rate)
-            if _due(run.step, config.log_every, config.steps):
-                run.log(loss, rate)
-            if on_sample is not None and _due(run.step, config.sample_every, config.steps):
-                run.with_ema_weights(lambda: on_sample(run.step, model))
-            if _due(run.step, config.checkpoint_every, config.steps):
-                run.save_checkpoint()
+    while run.step < config.steps:
+        loss = run.optimizer_step(batches)
+        rate = (run.step - started_step) / (time.perf_counter() - started)
+        if progress and run.is_main:
+            progress(StepReport(run=run_dir.name, step=run.step, total=config.steps, loss=loss, rate=rate))
+        if _due(run.step, config.log_every, config.steps):
+            run.log(loss, rate)
+        if on_sample is not None and _due(run.step, config.sample_every, config.steps):
+            run.with_ema_weights(lambda: on_sample(run.step, model))
+        if _due(run.step, config.checkpoint_every, config.steps):
+            run.save_checkpoint()
     if export is not None:
         run.with_ema_weights(lambda: export(model))
     return TrainResult(step=run.step, losses=run.losses, run_dir=run_dir, checkpoint=run.last_checkpoint)

@@ -27,7 +27,7 @@ from survgen.config import config_to_dict
 from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.configs import SpatialStageConfig
-from survgen.training.loop import train
+from survgen.training.loop import StepReporter, train
 from survgen.training.previews import write_image_samples
 
 
@@ -55,7 +55,7 @@ def starting_model(cfg: SpatialStageConfig, vocabulary) -> SpatialModel:
 
 
 def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *, resume: bool = False,
-                  progress: bool = True):
+                  progress: StepReporter | None = None):
     """Run stage 1 into the run folder `out`; returns the training result."""
     out = Path(out)
     if cfg.image_size is None:  # stored resolved

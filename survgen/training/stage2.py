@@ -38,7 +38,7 @@ from survgen.models.video_unet import TEMPORAL_PRESETS
 from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.configs import TemporalStageConfig
-from survgen.training.loop import resolve_mixed_precision, train
+from survgen.training.loop import StepReporter, resolve_mixed_precision, train
 from survgen.training.previews import write_video_samples
 
 class SpatialWeightsChangedError(RuntimeError):
@@ -107,7 +107,7 @@ def fresh_video_model(cfg: TemporalStageConfig, spatial: SpatialModel, spatial_r
 
 
 def train_temporal(data: str | Path, spatial_path: str | Path, out: str | Path, cfg: TemporalStageConfig, *,
-                   resume: bool = False, progress: bool = True):
+                   resume: bool = False, progress: StepReporter | None = None):
     """Run stage 2 for `cfg.classes` into the run folder `out`."""
     out = Path(out)
     open_training_run(out, "temporal", resume, config_to_dict(cfg), data=data, parent=spatial_path)
