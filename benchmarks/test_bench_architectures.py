@@ -34,8 +34,8 @@ import torch
 from survgen.classes import ClassVocabulary
 from survgen.diffusion.video_sampler import VideoSampler
 from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SpatialModel, build_tiny
-from survgen.presets import ARCHS, NATIVE_IMAGE_SIZE
 from survgen.models.video_models import FAST_SAMPLING, build_video_model, published_sampling
+from survgen.presets import ARCHS, NATIVE_IMAGE_SIZE
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESETS = [pytest.param("tiny", id="tiny"),
@@ -183,8 +183,7 @@ def test_training_step(benchmark, quick, preset, arch):
 def test_generate_throughput(benchmark, quick, tmp_path, topk):
     from survgen.generation.default import default_runs
     from survgen.generation.run import GenerationConfig, generate
-    from survgen.models.loading import load_classifier
-    from survgen.models.loading import load_video_model
+    from survgen.models.loading import load_classifier, load_video_model
 
     model_run, classifier_run = default_runs()
     video = load_video_model(model_run)

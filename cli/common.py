@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
@@ -72,19 +73,18 @@ AttentionBackend = Annotated[Optional[str], typer.Option(
 
 
 # ---------------------------------------------------------------- errors
+# The library's own input errors that are not ValueErrors (ValueError covers the rest: run folders, models,
+# outputs, options), by module, so that telling an error apart never imports torch.
+KNOWN_ERRORS = {"survgen.classes": "UnknownClassError", "survgen.data.index": "DatasetError",
+                "survgen.data.video": "VideoReadError", "survgen.kernels": "BackendUnavailableError",
+                "survgen.training.checkpoint": "CheckpointError", "survgen.training.loop": "TrainingDivergedError",
+                "safetensors": "SafetensorError"}
+
+
 def _known_errors() -> tuple[type[Exception], ...]:
-    from safetensors import SafetensorError
-
-    from survgen.classes import UnknownClassError
-    from survgen.data.index import DatasetError
-    from survgen.data.video import VideoReadError
-    from survgen.kernels import BackendUnavailableError
-    from survgen.training.checkpoint import CheckpointError
-    from survgen.training.loop import TrainingDivergedError
-
-    # ValueError covers the rest of the library's input errors (run folders, models, outputs, options).
-    return (UnknownClassError, DatasetError, VideoReadError, CheckpointError, TrainingDivergedError,
-            BackendUnavailableError, SafetensorError, ValueError)
+    """The known error types among the modules loaded: an error's own module is always among them."""
+    loaded = [getattr(sys.modules[m], name) for m, name in KNOWN_ERRORS.items() if m in sys.modules]
+    return (ValueError, *loaded)
 
 
 def describe_os_error(e: OSError) -> str:

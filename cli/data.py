@@ -17,6 +17,7 @@ from rich.table import Table
 from survgen.cli.common import AsJson, ClipFps, data_app, user_errors
 from survgen.console import progress_bar, say, show, text, warnings_shown
 
+
 @data_app.command()
 @user_errors
 def synth(
@@ -126,15 +127,13 @@ def cache(
       survgen data cache --data data/synth --vae runs/vae --out cache/synth
       survgen data cache --data SAR-RARP50/train --spatial runs/spatial --out cache/sar --clip-fps 10
     """
-    from rich.progress import (BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     from survgen.data.index import CLIP_FPS, build_index
-    from survgen.data.latent_cache import build_latent_cache
-    from survgen.models.loading import load_vae
-
-    from survgen.data.latent_cache import MANIFEST
+    from survgen.data.latent_cache import MANIFEST, build_latent_cache
     from survgen.io import output_folder
+    from survgen.models.loading import load_vae
 
     output_folder(out, option="--out", marker=MANIFEST)  # before the VAE loads and the videos are hashed
     began = time.perf_counter()

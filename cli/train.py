@@ -58,11 +58,11 @@ def train_vae(
     Example: survgen train-vae --data data/synth --out runs/vae
     """
     stored = open_run(out, "vae", resume)
-    from survgen.training.autoencoder import train_autoencoder
+    cfg, data = stage_config(ctx, AutoencoderStageConfig, stored, WORKERS), data_dir(data, stored)
+    from survgen.training.autoencoder import train_autoencoder  # torch: only once the request is checked
 
-    cfg = stage_config(ctx, AutoencoderStageConfig, stored, WORKERS)
     with training_progress(not quiet) as progress:
-        result = train_autoencoder(data_dir(data, stored), out, cfg, resume=resume, progress=progress)
+        result = train_autoencoder(data, out, cfg, resume=resume, progress=progress)
     print_result(result, out)
 
 
@@ -96,11 +96,11 @@ def train_spatial(
       survgen train-spatial --data SAR-RARP50/train --preset sd15 --pretrained ~/models/sd15 --out runs/spatial
     """
     stored = open_run(out, "spatial", resume)
+    cfg, data = stage_config(ctx, SpatialStageConfig, stored, WORKERS), data_dir(data, stored)
     from survgen.training.stage1 import train_spatial as run_stage
 
-    cfg = stage_config(ctx, SpatialStageConfig, stored, WORKERS)
     with training_progress(not quiet) as progress:
-        result = run_stage(data_dir(data, stored), out, cfg, resume=resume, progress=progress)
+        result = run_stage(data, out, cfg, resume=resume, progress=progress)
     print_result(result, out)
 
 
@@ -139,14 +139,14 @@ def train_temporal(
       survgen train-temporal --data data/synth --spatial runs/spatial --class G7 --arch endora --out runs/endora-G7
     """
     stored = open_run(out, "temporal", resume)
-    from survgen.training.stage2 import train_temporal as run_stage
-
-    cfg = stage_config(ctx, TemporalStageConfig, stored, WORKERS)
+    cfg, data = stage_config(ctx, TemporalStageConfig, stored, WORKERS), data_dir(data, stored)
     spatial = spatial or (stored.parent_path if stored else None)
     if spatial is None:
         raise ValueError("--spatial is required: the run folder of `survgen train-spatial`")
+    from survgen.training.stage2 import train_temporal as run_stage
+
     with attention_backend(attention), training_progress(not quiet) as progress:
-        result = run_stage(data_dir(data, stored), spatial, out, cfg, resume=resume, progress=progress)
+        result = run_stage(data, spatial, out, cfg, resume=resume, progress=progress)
     print_result(result, out)
 
 
@@ -176,11 +176,12 @@ def train_classifier(
     Example: survgen train-classifier --data data/synth --out runs/classifier --steps 600 --batch-size 16
     """
     stored = open_run(out, "classifier", resume)
+    cfg = stage_config(ctx, ClassifierStageConfig, stored, {**WORKERS, "val_every": "train.sample_every"})
+    data = data_dir(data, stored)
     from survgen.training.classifier import train_classifier as run_stage
 
-    cfg = stage_config(ctx, ClassifierStageConfig, stored, {**WORKERS, "val_every": "train.sample_every"})
     with training_progress(not quiet) as progress:
-        result = run_stage(data_dir(data, stored), out, cfg, resume=resume, progress=progress)
+        result = run_stage(data, out, cfg, resume=resume, progress=progress)
     if result.extra.get("validation"):
         stderr.print(_validation_table(result.extra["validation"]))  # the command's result is its folder, on stdout
     print_result(result, out)

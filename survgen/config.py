@@ -73,11 +73,3 @@ def _type_name(kind) -> str:
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(k) for k in typing.get_args(kind))
     return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
-
-def with_overrides(cfg, **given):
-    """A copy of `cfg` with the non-None values of `given` applied; `train_*` keys go to `cfg.train`."""
-    train = {k[len("train_"):]: v for k, v in given.items() if k.startswith("train_") and v is not None}
-    own = {k: v for k, v in given.items() if not k.startswith("train_") and v is not None}
-    if train:
-        own["train"] = dataclasses.replace(cfg.train, **train)
-    return dataclasses.replace(cfg, **own)

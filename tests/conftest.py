@@ -27,8 +27,8 @@ def fast_train(**kw):
 
 @pytest.fixture(scope="session")
 def vae_run(synth_dataset, tmp_path_factory):
-    from survgen.training.configs import AutoencoderStageConfig
     from survgen.training.autoencoder import train_autoencoder
+    from survgen.training.configs import AutoencoderStageConfig
 
     out = tmp_path_factory.mktemp("runs") / "vae"
     train_autoencoder(synth_dataset, out, AutoencoderStageConfig(train=fast_train(steps=6, batch_size=8)))

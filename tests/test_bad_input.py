@@ -90,9 +90,8 @@ def refused(result: subprocess.CompletedProcess, *named: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A small dataset, a finished tiny autoencoder run with two checkpoints, and the shipped runs, all copies."""
-    from survgen.training.configs import AutoencoderStageConfig
     from survgen.training.autoencoder import train_autoencoder
-    from survgen.training.configs import TrainConfig
+    from survgen.training.configs import AutoencoderStageConfig, TrainConfig
 
     root = tmp_path_factory.mktemp("bad-input")
     data = synthesize_dataset(root / "data", num_videos=4, frames_per_video=90, size=32)

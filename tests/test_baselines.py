@@ -8,12 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from survgen.presets import BASELINES
 from survgen.models.baselines import BaselineConfig, build_baseline
 from survgen.models.counts import PAPER_TRAINABLE, preset_parameter_counts
 from survgen.models.dino_prior import DinoPrior, DinoPriorError, load_dino, pearson
-from survgen.presets import ARCHS
 from survgen.models.video_models import video_model_config, video_model_from_config
+from survgen.presets import ARCHS, BASELINES
 from tests.conftest import fast_train
 
 
@@ -224,8 +223,8 @@ def test_dino_prior_refuses_what_is_not_a_local_dino(tmp_path, tiny_dino):
 def test_train_temporal_arch_trains_the_whole_baseline_and_generate_samples_it(arch, synth_dataset, spatial_run,
                                                                               tmp_path, tiny_dino):
     from survgen.generation.run import GenerationConfig, generate
-    from survgen.training.configs import TemporalStageConfig
     from survgen.models.loading import load_video_model, video_model_arch
+    from survgen.training.configs import TemporalStageConfig
     from survgen.training.stage2 import train_temporal
 
     out = tmp_path / arch

@@ -13,15 +13,15 @@ from typer.testing import CliRunner
 
 from survgen.classes import ClassVocabulary
 from survgen.cli import app
+from survgen.config import config_from_dict, config_to_dict
 from survgen.data.index import build_index
 from survgen.data.video import write_video
-from survgen.config import config_from_dict, config_to_dict
 from survgen.models.classifier import ClassifierConfig, VideoClassifier
-from survgen.runs import RunFolderError, RunInfo, read_run
-from survgen.training.configs import ClassifierStageConfig
 from survgen.models.classify import ClipTooShortError, classify_videos
-from survgen.training.classifier import augment_clips, balanced_order, class_weights, read_validation, train_classifier
 from survgen.models.loading import load_classifier
+from survgen.runs import RunFolderError, RunInfo, read_run
+from survgen.training.classifier import augment_clips, balanced_order, class_weights, read_validation, train_classifier
+from survgen.training.configs import ClassifierStageConfig
 from tests.conftest import fast_train
 
 SMALL = dict(image_size=32, clip_length=8)

@@ -50,6 +50,27 @@ def test_help_shows_every_training_option_with_the_default_a_run_gets(command, c
             assert shown == flat[name] or list(shown) == flat[name], (name, shown, flat[name])
 
 
+def test_a_bad_training_request_is_refused_before_torch_is_imported(tmp_path):
+    """Options, config values and a missing --data are checked from the light stage configs; telling the error
+    apart imports nothing either."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import sys
+        from typer.testing import CliRunner
+        from survgen.cli import app
+        for args in (["train-temporal", "--arch", "unet"], ["train-vae"], ["train-classifier", "--balance", "x"]):
+            result = CliRunner().invoke(app, args + ["--out", sys.argv[1]])
+            print(result.exit_code, "torch" in sys.modules, result.output.strip().splitlines()[0])
+    """
+    lines = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert [line.split()[:3] for line in lines] == [["2", "False", "error:"]] * 3, lines
+    assert "unknown --arch 'unet'" in lines[0] and "--data is required" in lines[1] and "balance" in lines[2]
+    assert not (tmp_path / "run").exists()
+
+
 def test_info_reports_versions_backends_and_parameter_counts():
     result = invoke("info", "--preset", "tiny", "--json")
     assert result.exit_code == 0, result.output

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from survgen.data.video import read_frames, write_video
-from survgen.generation.run import GenerationConfig, generate
 from survgen.diffusion.video_sampler import VideoSampler
+from survgen.generation.run import GenerationConfig, generate
 from survgen.models.loading import load_video_model
 from survgen.visualize import to_uint8
 

@@ -9,18 +9,12 @@ import torch
 from torch import nn
 
 from survgen.classes import ClassVocabulary
-from survgen.evaluation.features import (
-    ClassifierFeatures,
-    ClipEmbeddings,
-    FeatureExtractorError,
-    I3DFeatures,
-    InceptionFeatures,
-)
+from survgen.evaluation.features import (ClassifierFeatures, ClipEmbeddings, FeatureExtractorError, I3DFeatures,
+                                         InceptionFeatures)
 from survgen.models.classifier import ClassifierConfig, VideoClassifier
-from survgen.runs import RunInfo
 from survgen.models.classify import ClipTooShortError
 from survgen.models.loading import save_classifier
-
+from survgen.runs import RunInfo
 
 # The stand-ins are TorchScript, which recent torch marks deprecated; the published networks are TorchScript.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

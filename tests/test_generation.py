@@ -11,9 +11,9 @@ from torch import nn
 
 from survgen.classes import ClassVocabulary
 from survgen.data.index import build_index
+from survgen.diffusion.video_sampler import VideoSampler
 from survgen.generation.candidates import accepted, candidate_seed
 from survgen.generation.run import GenerationConfig, GenerationError, generate
-from survgen.diffusion.video_sampler import VideoSampler
 from survgen.models.classifier import ClassifierConfig
 from survgen.models.loading import load_video_model
 
@@ -252,10 +252,10 @@ def test_the_cli_generates_from_a_run_folder_and_a_rerun_continues_it(temporal_r
 
 
 def test_an_exported_default_generates_with_its_own_classifier(synth_dataset, temporal_run, tmp_path):
-    from tests.conftest import fast_train
     from survgen.generation.default import export_default
-    from survgen.training.configs import ClassifierStageConfig
     from survgen.training.classifier import train_classifier
+    from survgen.training.configs import ClassifierStageConfig
+    from tests.conftest import fast_train
 
     classifier_run = tmp_path / "classifier"
     train_classifier(synth_dataset, classifier_run,

@@ -13,8 +13,8 @@ from survgen.cli import app
 from survgen.data.index import CLIP_FPS, build_index
 from survgen.data.latent_cache import (LatentCache, LatentCacheError, build_latent_cache, frames_per_video,
                                        open_latent_cache)
-from survgen.runs import read_run
 from survgen.models.loading import load_vae
+from survgen.runs import read_run
 from tests.conftest import fast_train
 
 

@@ -12,9 +12,9 @@ from torch.utils._pytree import tree_leaves
 from typer.testing import CliRunner
 
 from survgen.classes import ClassVocabulary
-from survgen.training.memory import GiB, temporal_stage_memory, training_memory
 from survgen.models.spatial import build_tiny
 from survgen.models.video_models import build_video_model
+from survgen.training.memory import GiB, temporal_stage_memory, training_memory
 
 FRAMES, LATENT, TEXT_LENGTH = 16, 16, 32  # the tiny preset's clips: 16 frames of 64 px, 16² latents
 

@@ -7,14 +7,13 @@ import torch
 from safetensors.torch import load_file
 
 from survgen.kernels import use_backend
+from survgen.models.loading import load_video_model
 from survgen.models.spatial import load_spatial
 from survgen.runs import RunFolderError, read_run
-from tests.conftest import fast_train
-from survgen.training.configs import SpatialStageConfig
+from survgen.training.configs import SpatialStageConfig, TemporalStageConfig
 from survgen.training.stage1 import train_spatial
-from survgen.training.configs import TemporalStageConfig
-from survgen.models.loading import load_video_model
 from survgen.training.stage2 import train_temporal
+from tests.conftest import fast_train
 
 
 def test_autoencoder_run_exports_a_scaled_vae(vae_run):

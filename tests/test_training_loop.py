@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from toy_training import ToyModel, run, toy_loss
 
 from survgen.training.checkpoint import read_latest_checkpoint
-from survgen.training.loop import PlannedBatches, TrainingDivergedError, check_trainable, loader_workers
 from survgen.training.configs import TrainConfig
-from toy_training import ToyModel, run, toy_loss
+from survgen.training.loop import PlannedBatches, TrainingDivergedError, check_trainable, loader_workers
 
 HERE = Path(__file__).parent
 

@@ -51,8 +51,8 @@ from pathlib import Path
 import torch
 
 from survgen.classes import ClassVocabulary
-from survgen.console import say, warn
 from survgen.config import config_to_dict
+from survgen.console import say, warn
 from survgen.data.datasets import to_pixels
 from survgen.data.index import DatasetError, VideoIndex, build_index
 from survgen.data.video import read_frames

@@ -19,8 +19,8 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from survgen.io import atomic_folder
-from survgen.runs import read_run
 from survgen.models.loading import spatial_model_dir
+from survgen.runs import read_run
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import LatteTransformer3DModel, UNet3DConditionModel
 from torch import nn
+
 from survgen.models.video_base import CheckpointedUnits, checked_class_labels, per_video_timesteps
 from survgen.presets import BASELINES
 

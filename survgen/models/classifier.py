@@ -29,6 +29,7 @@ from torch import nn
 from survgen.data.index import clip_stride
 from survgen.presets import CLASSIFIER_PRESETS
 
+
 @dataclass
 class ClassifierConfig:
     """How a classifier is built and what input it expects. Saved next to its weights."""

@@ -33,7 +33,6 @@ from survgen.io import atomic_folder
 from survgen.presets import PRESETS
 
 
-
 class ModelLoadError(ValueError):
     """A model folder or checkpoint that cannot be loaded, with what to do about it."""
 
@@ -83,12 +82,6 @@ class SpatialModel:
             return_tensors="pt",
         ).input_ids.to(self.text_encoder.device)
         return self.text_encoder(ids)[0]
-
-    @torch.no_grad()
-    def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled VAE latents of images in [-1, 1], `(n, 3, H, W) -> (n, c, H/k, W/k)`."""
-        dist = self.vae.encode(pixels).latent_dist
-        return dist.sample(generator=generator) * self.latent_scale
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
@@ -298,12 +291,8 @@ def _load_single_file(path: Path, tokenizer_path: str | Path | None) -> SpatialM
             "(a local CLIP tokenizer folder with vocab.json and merges.txt, e.g. the tokenizer/ "
             "folder of any Stable Diffusion 1.x copy)"
         )
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_clip_checkpoint,
-        convert_ldm_unet_checkpoint,
-        convert_ldm_vae_checkpoint,
-        load_single_file_checkpoint,
-    )
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint, load_single_file_checkpoint)
 
     checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
     unet = UNet2DConditionModel(**SD15_UNET_CONFIG)

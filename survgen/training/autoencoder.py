@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from survgen.config import config_to_dict
 from survgen.data.datasets import FrameDataset
 from survgen.data.index import build_index
 from survgen.io import atomic_folder
 from survgen.models.spatial import build_tiny, check_image_size
-from survgen.config import config_to_dict
 from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.configs import AutoencoderStageConfig

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from survgen.classes import ClassVocabulary
-from survgen.console import say
 from survgen.config import config_to_dict
+from survgen.console import say
 from survgen.data.datasets import ClipDataset
 from survgen.data.index import VideoIndex, build_index
 from survgen.io import atomic_path

@@ -36,6 +36,7 @@ from survgen.io import PNG_SOFTWARE, atomic_path
 from survgen.training.checkpoint import CheckpointError, read_latest_checkpoint, write_checkpoint
 from survgen.training.configs import TrainConfig
 
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from survgen.config import config_to_dict
 from survgen.data.datasets import FrameDataset
 from survgen.data.index import build_index
 from survgen.data.latent_cache import CachedFrameDataset, open_latent_cache
@@ -23,7 +24,6 @@ from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction,
 from survgen.models.loading import load_vae
 from survgen.models.spatial import SpatialModel, build_spatial, check_image_size, save_spatial
 from survgen.presets import NATIVE_IMAGE_SIZE
-from survgen.config import config_to_dict
 from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.configs import SpatialStageConfig

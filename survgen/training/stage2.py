@@ -41,6 +41,7 @@ from survgen.training.configs import TemporalStageConfig
 from survgen.training.loop import StepReporter, resolve_mixed_precision, train
 from survgen.training.previews import write_video_samples
 
+
 class SpatialWeightsChangedError(RuntimeError):
     """Stage 2 must leave every frozen weight untouched."""
 
