@@ -12,11 +12,14 @@ NATIVE_IMAGE_SIZE = {"tiny": 64, "sd15": 256}  # the frame size each preset trai
 BASELINES = ("lvdm", "endora")  # the paper's baselines, trained whole in survgen's latent space
 ARCHS = ("survgen",) + BASELINES
 
+CLASSIFIER_ARCHS = ("r3d", "x3d")
 CLASSIFIER_PRESETS = {
-    # CPU-sized: trains on the bundled procedural dataset in minutes
-    "tiny": dict(widths=(16, 32, 64, 128), image_size=64),
+    # CPU-sized 3D ResNet: trains on the bundled procedural dataset in minutes
+    "tiny": dict(arch="r3d", widths=(16, 32, 64, 128), image_size=64),
     # torchvision's r3d_18 widths and input size (33M parameters)
-    "r3d18": dict(widths=(64, 128, 256, 512), image_size=112),
+    "r3d18": dict(arch="r3d", widths=(64, 128, 256, 512), image_size=112),
+    # X3D-XS's network and frame size (3.8M parameters); its 4-frame input is --clip-length 4
+    "x3d-xs": dict(arch="x3d", widths=(24, 48, 96, 192), depths=(3, 5, 11, 7), image_size=160),
 }
 
 

@@ -16,9 +16,9 @@ from survgen.cli import app
 from survgen.config import config_from_dict, config_to_dict
 from survgen.data.index import build_index
 from survgen.data.video import write_video
-from survgen.models.classifier import ClassifierConfig, VideoClassifier
+from survgen.models.classifier import ClassifierConfig
 from survgen.models.classify import ClipTooShortError, classify_videos
-from survgen.models.loading import load_classifier
+from survgen.models.loading import build_classifier, load_classifier
 from survgen.runs import RunFolderError, RunInfo, read_run
 from survgen.training.classifier import augment_clips, balanced_order, class_weights, read_validation, train_classifier
 from survgen.training.configs import ClassifierStageConfig
@@ -38,7 +38,7 @@ def small_config(**train) -> ClassifierStageConfig:
 
 # ---------------------------------------------------------------- the network
 def test_logits_and_features_have_the_documented_shapes():
-    model = VideoClassifier(ClassifierConfig(num_classes=5, **SMALL)).eval()
+    model = build_classifier(ClassifierConfig(num_classes=5, **SMALL)).eval()
     clips = torch.rand(2, 8, 3, 32, 32) * 2 - 1
     assert model(clips).shape == (2, 5)
     assert model.features(clips).shape == (2, model.feature_dim) == (2, 128)
@@ -55,13 +55,40 @@ def test_presets_and_config_round_trip():
     assert config_from_dict(ClassifierConfig, json.loads(json.dumps(config_to_dict(config)))) == config
     # torchvision's r3d_18 (400 classes: 33,371,472 parameters) with an 8-class head; GroupNorm has
     # BatchNorm's affine parameter count
-    assert sum(p.numel() for p in VideoClassifier(config).parameters()) == 33_371_472 - 400 * 513 + 8 * 513
+    assert sum(p.numel() for p in build_classifier(config).parameters()) == 33_371_472 - 400 * 513 + 8 * 513
     with pytest.raises(ValueError, match="unknown classifier preset"):
         ClassifierConfig.preset("r3d50")
 
 
+def test_x3d_has_the_papers_size_and_takes_awkward_clips():
+    config = ClassifierConfig.preset("x3d-xs", num_classes=400)
+    assert (config.arch, config.depths, config.image_size) == ("x3d", (3, 5, 11, 7), 160)
+    # X3D-XS/S/M: 3.8M parameters with the 400-class Kinetics head (Feichtenhofer 2020, Table 4)
+    assert 3.7e6 < sum(p.numel() for p in build_classifier(config).parameters()) < 3.85e6
+    model = build_classifier(ClassifierConfig.preset("x3d-xs", num_classes=3, image_size=40)).eval()
+    for shape in ((1, 1, 3, 40, 40), (2, 5, 3, 36, 44)):
+        clips = torch.rand(shape) * 2 - 1
+        assert model(clips).shape == (shape[0], 3) and model.features(clips).shape == (shape[0], 2048)
+    with pytest.raises(ValueError, match=r"\(b, f, 3, H, W\)"):
+        model(torch.zeros(2, 3, 8, 32, 32))
+    with pytest.raises(ValueError, match="arch must be one of r3d, x3d"):
+        ClassifierConfig(arch="x4d")
+
+
+def test_x3d_learns_and_its_run_loads_back_as_x3d(synth_dataset, tmp_path):
+    from survgen.models.x3d import X3DClassifier
+
+    cfg = ClassifierStageConfig(preset="x3d-xs", image_size=32, clip_length=4, val_fraction=0.0, augment=False,
+                                train=fast_train(steps=12, batch_size=8, lr=3e-3))
+    result = train_classifier(synth_dataset, tmp_path / "x3d", cfg)
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert last < first, result.losses
+    model, _, run = load_classifier(tmp_path / "x3d")
+    assert isinstance(model, X3DClassifier) and run.extra["model"]["arch"] == "x3d"
+
+
 def test_training_dropout_draws_from_the_given_generator():
-    model = VideoClassifier(ClassifierConfig(num_classes=4, dropout=0.5, **SMALL)).train()
+    model = build_classifier(ClassifierConfig(num_classes=4, dropout=0.5, **SMALL)).train()
     clips = torch.rand(2, 8, 3, 32, 32) * 2 - 1
     a = model(clips, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, model(clips, generator=torch.Generator().manual_seed(1)))

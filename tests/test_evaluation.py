@@ -5,8 +5,8 @@ import json
 import pytest
 
 from survgen.classes import ClassVocabulary
-from survgen.evaluation.downstream import (DownstreamConfig, DownstreamError, mean_std, run_downstream, scores,
-                                           summarise, time_points)
+from survgen.evaluation.configs import DownstreamConfig, DownstreamError
+from survgen.evaluation.downstream import mean_std, rejection_rule, run_downstream, scores, summarise, time_points
 from survgen.generation.run import GenerationConfig, generate
 from survgen.training.configs import ClassifierStageConfig
 
@@ -69,19 +69,23 @@ def test_test_points_sit_on_the_label_grid_with_clips_inside_the_video(synth_dat
 def test_summary_gives_the_change_against_real_only():
     vocabulary = ClassVocabulary(names=("a", "b", "c"))
 
-    def run(arm, j):
+    def run(arm, seed, j):
         per_class = {"G0": {"jaccard": j, "f1": j}, "G1": {"jaccard": None, "f1": 0.5}, "G2": {"jaccard": 0, "f1": 0}}
-        return {"arm": arm, "test": {"accuracy": j, "balanced_accuracy": j, "macro_f1": j, "per_class": per_class}}
+        return {"arm": arm, "seed": seed,
+                "test": {"accuracy": j, "balanced_accuracy": j, "macro_f1": j, "per_class": per_class}}
 
     class Arm:
         def __init__(self, name):
-            self.name = name
+            self.name, self.source = name, {}
 
-    summary = summarise([run("real", 0.2), run("real", 0.4), run("plus", 0.5), run("plus", 0.7)],
+    summary = summarise([run("real", 0, 0.2), run("real", 1, 0.4), run("plus", 0, 0.5), run("plus", 1, 0.7)],
                         [Arm("real"), Arm("plus")], vocabulary)
     assert summary["plus"]["per_class"]["G0"]["jaccard"]["delta"] == pytest.approx(0.3)
     assert summary["plus"]["per_class"]["G1"]["jaccard"]["delta"] is None
     assert summary["real"]["balanced_accuracy"]["mean"] == pytest.approx(0.3)
+    paired = summary["plus"]["paired"]["real"]["per_class"]["G0"]["jaccard"]
+    assert paired["mean"] == pytest.approx(0.3) and paired["n"] == 2 and paired["verdict"] == "gain"  # no spread
+    assert summary["plus"]["paired"]["real"]["per_class"]["G1"]["jaccard"]["verdict"] == "too few seeds"
 
 
 # ---------------------------------------------------------------- end to end
@@ -104,7 +108,8 @@ def tiny_config(**options) -> DownstreamConfig:
     from tests.conftest import fast_train
 
     classifier = ClassifierStageConfig(image_size=16, val_fraction=0.0, train=fast_train(steps=2, batch_size=4))
-    return DownstreamConfig(**{"seeds": [0, 1], "test_fraction": 0.25, "classifier": classifier, **options})
+    return DownstreamConfig(**{"seeds": [0, 1], "test_fraction": 0.25, "classifier": classifier,
+                               "rejection": ["top-1", "p>=0.99"], **options})
 
 
 def test_the_runner_trains_every_arm_and_seed_and_writes_a_report(synth_dataset, generated, tmp_path):
@@ -113,19 +118,28 @@ def test_the_runner_trains_every_arm_and_seed_and_writes_a_report(synth_dataset,
     out = tmp_path / "downstream"
     results = run_downstream(synth_dataset, [generated], out, tiny_config())
     names = [a["name"] for a in results["arms"]]
-    assert names == ["real", "real + rare (top-3 RS)", "real + rare (no RS)"]
-    # the arm without rejection takes the first candidates (accepted 0, rejected 1) as many as were accepted
-    assert results["arms"][1]["synthetic_clips"] == results["arms"][2]["synthetic_clips"] == {"G7": 2}
-    assert len(results["runs"]) == 6 and set(results["summary"]) == set(names)
-    no_rs = (out / "runs" / "rare-first-candidates.csv").read_text().splitlines()[1:]
+    assert names == ["real", "real + rare (top-1 RS)", "real + rare (no RS, as many as top-1)"]
+    # the scripted judge ranks G7 first for candidates 0 and 2 and not at all for 1, at probability ~0.95
+    assert [a["synthetic_clips"] for a in results["arms"][1:]] == [{"G7": 2}] * 2
+    assert any("no candidate passes p>=0.99" in w for w in results["warnings"])
+    # the rule's arm takes the candidates that pass it; the arm without rejection the first candidates
+    # (accepted 0, rejected 1), as many as the rule kept
+    rs = (out / "runs" / "rare-top-1-rs.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rs] == ["videos/G7_00000.mp4", "videos/G7_00002.mp4"]
+    no_rs = (out / "runs" / "rare-no-rs-as-many-as-top-1.csv").read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in no_rs] == ["videos/G7_00000.mp4", "rejected/G7_00001.mp4"]
+    assert len(results["runs"]) == 6 and set(results["summary"]) == set(names)
     assert results["runs"][0]["train_clips"] + 2 == results["runs"][2]["train_clips"]
+    # paired differences by seed: every arm against real, a rule's arm also against its matched arm
+    top1 = results["summary"]["real + rare (top-1 RS)"]["paired"]
+    assert set(top1) == {"real", "real + rare (no RS, as many as top-1)"}
+    assert top1["real"]["balanced_accuracy"]["n"] == 2
     # the test videos are recordings no arm trained on, and the generator's data held them: a warning says so
     assert not set(results["test"]["videos"]) & set(results["train"]["videos"])
     assert any("may have seen the test set" in w for w in results["warnings"])
-    for arm in ("real", "rare-rs", "rare-no-rs"):
+    for arm in results["arms"]:
         for seed in (0, 1):
-            record = json.loads((out / "runs" / arm / f"seed-{seed}" / "test.json").read_text())
+            record = json.loads((out / "runs" / arm["slug"] / f"seed-{seed}" / "test.json").read_text())
             assert len(record["predictions"]) == results["test"]["points"]
 
     report = write_downstream_report(results, out, command="survgen evaluate downstream ...")
@@ -136,12 +150,41 @@ def test_the_runner_trains_every_arm_and_seed_and_writes_a_report(synth_dataset,
         assert (out / picture).stat().st_size > 0 and picture in text
     balanced = results["summary"]["real"]["balanced_accuracy"]
     assert f"{balanced['mean']:.3f} ± {balanced['std']:.3f}" in text  # the report shows this run's numbers
+    assert "Is the change outside the noise?" in text and "Jaccard G7" in text
 
     # a second run of the same request retrains nothing; another request into the folder is refused
     again = run_downstream(synth_dataset, [generated], out, tiny_config())
     assert again["runs"] == results["runs"]
     with pytest.raises(DownstreamError, match="other options"):
         run_downstream(synth_dataset, [generated], out, tiny_config(seeds=[5]))
+
+
+def test_rejection_rules_read_the_candidates_record():
+    record = {"class": "G7", "classifier_topk": [{"class": "G1", "probability": 0.6}, {"class": "G7", "probability": 0.3}],
+              "probability_of_class": 0.3}
+    assert rejection_rule("top-2")(record) and rejection_rule("top-3")(record) and not rejection_rule("top-1")(record)
+    assert rejection_rule("p>=0.3")(record) and not rejection_rule("p>=.5")(record)
+    for bad in ("top-0", "top3", "p>0.5", "p>=2"):
+        with pytest.raises(ValueError, match="unknown rejection rule"):
+            rejection_rule(bad)
+
+
+def test_paired_intervals_are_students_t_and_say_when_a_change_is_outside_the_noise():
+    from scipy import stats
+
+    from survgen.evaluation.paired import paired_difference, t975
+
+    for df in (1, 4, 29, 31, 200):
+        assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=5e-4)
+    real = {0: 0.50, 1: 0.60, 2: 0.55, 3: 0.40, 4: 0.45}
+    gain = paired_difference({s: v + 0.1 + 0.01 * s for s, v in real.items()}, real)
+    d = [0.1 + 0.01 * s for s in range(5)]
+    low, high = stats.t.interval(0.95, 4, loc=sum(d) / 5, scale=stats.sem(d))
+    assert (gain["low"], gain["high"]) == (pytest.approx(low, abs=1e-3), pytest.approx(high, abs=1e-3))
+    assert gain["verdict"] == "gain" and gain["n"] == 5
+    noisy = paired_difference({0: 0.6, 1: 0.5, 2: 0.6, 3: 0.35, 4: 0.45}, real)
+    assert noisy["verdict"] == "within noise" and noisy["low"] < 0 < noisy["high"]
+    assert paired_difference({0: 0.7, 1: None}, {0: 0.5, 1: 0.5})["verdict"] == "too few seeds"
 
 
 def test_bad_requests_are_refused_with_the_fix(synth_dataset, tmp_path):
@@ -151,6 +194,8 @@ def test_bad_requests_are_refused_with_the_fix(synth_dataset, tmp_path):
         run_downstream(synth_dataset, [], tmp_path / "b", tiny_config(), test=synth_dataset)
     with pytest.raises(DownstreamError, match="seeds repeat"):
         run_downstream(synth_dataset, [], tmp_path / "c", tiny_config(seeds=[1, 1]))
+    with pytest.raises(DownstreamError, match="unknown rejection rule 'top3'"):
+        run_downstream(synth_dataset, [], tmp_path / "d", tiny_config(rejection=["top3"]))
 
 
 # ---------------------------------------------------------------- quality
@@ -158,9 +203,10 @@ def test_quality_of_a_set_against_itself_is_perfect_and_the_extractor_is_named(g
     from survgen.evaluation.features import ClassifierFeatures
     from survgen.evaluation.quality import Extractors, QualityConfig, evaluate_quality
     from survgen.evaluation.report import write_quality_report
-    from survgen.models.classifier import ClassifierConfig, VideoClassifier
+    from survgen.models.classifier import ClassifierConfig
+    from survgen.models.loading import build_classifier
 
-    own = ClassifierFeatures(VideoClassifier(ClassifierConfig.preset("tiny", image_size=16)), "random tiny classifier")
+    own = ClassifierFeatures(build_classifier(ClassifierConfig.preset("tiny", image_size=16)), "random tiny classifier")
     extractors = Extractors(frames=own, cmmd=own, clips=own)
     # the generated folder is a dataset too: compared with itself every frame and clip is drawn, so the sets are equal
     results = evaluate_quality(generated, generated, extractors, QualityConfig(kid_subsets=5), progress=False)

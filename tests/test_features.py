@@ -13,7 +13,7 @@ from survgen.evaluation.features import (ClassifierFeatures, ClipEmbeddings, Fea
                                          InceptionFeatures)
 from survgen.models.classifier import ClassifierConfig, VideoClassifier
 from survgen.models.classify import ClipTooShortError
-from survgen.models.loading import save_classifier
+from survgen.models.loading import build_classifier, save_classifier
 from survgen.runs import RunInfo
 
 # The stand-ins are TorchScript, which recent torch marks deprecated; the published networks are TorchScript.
@@ -28,7 +28,7 @@ def _pixels(*shape: int, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def classifier() -> VideoClassifier:
     torch.manual_seed(0)
-    return VideoClassifier(ClassifierConfig.preset("tiny", num_classes=3, image_size=16, clip_length=4)).eval()
+    return build_classifier(ClassifierConfig.preset("tiny", num_classes=3, image_size=16, clip_length=4)).eval()
 
 
 def test_classifier_clip_features_are_the_models_features(classifier):

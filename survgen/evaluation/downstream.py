@@ -4,9 +4,12 @@ The paper's experiment (Sec. 3.1.1, Tab. 2), on the user's data. A video
 classifier is trained on
 
     (a) the real training videos only,
-    (b) real + the synthetic videos that passed rejection sampling,
-    (c) real + as many synthetic videos per class, taken in candidate order
-        whether accepted or not (the ablation without rejection sampling),
+    (b) real + the synthetic videos that pass a rejection rule: the classifier's
+        top-3 (the paper's task 1), its top-1 (task 2), or a probability
+        threshold (`p>=0.5`), each taken from the same candidates,
+    (c) for each rule, real + as many synthetic videos per class, taken in
+        candidate order whether accepted or not (the ablation without rejection
+        sampling, matched in size),
 
 each over the same seeds and with the same budget (steps × batch size), and
 scored on real test videos that none of the arms, nor the generator, trained
@@ -14,9 +17,15 @@ on. The test set is a separate dataset folder, or a share of the real
 recordings split off by video (never by clip: neighbouring clips of one video
 overlap and look alike).
 
-Arm (c) needs the rejected candidates on disk (`survgen generate
---keep-rejected`); a folder generated with `--reject-topk 0` is itself an arm
-without rejection sampling.
+The recogniser is X3D by default (as in the paper), not the 3D ResNet that
+judged the candidates, so the judge and the test are different networks. Each
+arm is compared with real only, and each rule's arm with its matched arm (c),
+seed by seed: the mean difference and its 95 % interval say whether a change
+is outside the noise of training (`survgen.evaluation.paired`).
+
+Rules stricter than the generation's own, and arms (c), need the rejected
+candidates on disk (`survgen generate --keep-rejected`); a folder generated
+with `--reject-topk 0` is itself an arm without rejection sampling.
 
 Scoring follows the paper: the action at time t is the class of the clip
 centred on t, at every labelled time (SAR-RARP50 labels every 6th frame;
@@ -56,49 +65,17 @@ from survgen.console import say, warn
 from survgen.data.datasets import to_pixels
 from survgen.data.index import DatasetError, VideoIndex, build_index
 from survgen.data.video import read_frames
+from survgen.evaluation.paired import paired_difference
 from survgen.io import output_folder, write_json_atomic, write_text_atomic
 from survgen.models.loading import load_classifier
 from survgen.training.classifier import train_classifier
-from survgen.training.configs import ClassifierStageConfig, TrainConfig
+from survgen.evaluation.configs import DownstreamConfig, DownstreamError, rejection_rule
+from survgen.training.configs import ClassifierStageConfig
 from survgen.training.loop import StepReporter
 
 RESULTS = "downstream.json"
 TEST_RESULTS = "test.json"
 MANIFEST = "manifest.json"
-
-
-class DownstreamError(ValueError):
-    """A downstream request that cannot be run as given."""
-
-
-@dataclass
-class DownstreamConfig:
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    without_rejection: bool = True  # add arm (c) for every synthetic folder that kept its rejected videos
-    test_fraction: float = 0.2  # share of real recordings held out when no separate test folder is given
-    split_seed: int = 0
-    test_step: int = 6  # frames between scored time points (SAR-RARP50's label interval)
-    # The recogniser: the project's video classifier, trained for a fixed budget with no validation split
-    # (the test videos are the held-out set; the last weights are scored).
-    classifier: ClassifierStageConfig = field(default_factory=lambda: ClassifierStageConfig(
-        val_fraction=0.0, train=TrainConfig(steps=300, batch_size=16, lr=3e-3, weight_decay=0.05, ema_decay=0.0,
-                                            checkpoint_every=100, sample_every=10**9, log_every=10)))
-
-    def check(self) -> None:
-        problems = []
-        if not self.seeds:
-            problems.append("give at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            problems.append(f"seeds repeat ({self.seeds})")
-        if not 0 < self.test_fraction < 1:
-            problems.append(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
-        if self.test_step < 1:
-            problems.append(f"--test-step must be at least 1, got {self.test_step}")
-        if self.classifier.val_fraction != 0:
-            problems.append("the downstream classifier trains on all its training videos (val_fraction 0): "
-                            "the test videos are the held-out set")
-        if problems:
-            raise DownstreamError("; ".join(problems))
 
 
 # ---------------------------------------------------------------- arms
@@ -131,52 +108,85 @@ def _synthetic_index(folder: Path, rows: list[tuple[str, int]], vocabulary: Clas
     return replace(index, clips=clips)
 
 
-def synthetic_arms(folder: str | Path, vocabulary: ClassVocabulary, cfg: DownstreamConfig,
-                   work: Path) -> list[Arm]:
-    """The arms a `survgen generate` output folder gives: with rejection sampling, and without when possible."""
+def _labels_csv(rows: list[tuple[str, int]], frames: int, path: Path) -> Path:
+    """A labels CSV for generated videos `(file, class_id)`, each one segment (rewritten from the manifest)."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["video", "start_frame", "end_frame", "class"])
+    writer.writerows((file, 0, frames, class_id) for file, class_id in rows)
+    write_text_atomic(path, text.getvalue())
+    return path
+
+
+def synthetic_arms(folder: str | Path, vocabulary: ClassVocabulary, cfg: DownstreamConfig, work: Path,
+                   warnings: list[str]) -> list[Arm]:
+    """The arms a `survgen generate` output folder gives: one per rejection rule, each followed by its matched
+    arm without rejection sampling; a rule whose videos are not all on disk is skipped with a warning."""
     folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.exists():
+    manifest = _generation_manifest(folder, vocabulary)
+    records, config = manifest["videos"], manifest["request"]["config"]
+    if not config["reject_topk"]:
+        kept = [(r["file"], r["class_id"]) for r in records if r["file"] is not None]
+        return [_arm(folder, f"{folder.name} (no RS)", kept, vocabulary, cfg, work, rule=None,
+                     frames=config["num_frames"])]
+    arms = []
+    for rule in cfg.rejection:
+        passed = rejection_rule(rule)
+        chosen = [r for r in records if passed(r)]
+        if any(r["file"] is None for r in chosen):
+            warnings.append(f"{folder}: {rule} rejection needs videos the generation rejected, which were not kept "
+                            "(survgen generate --keep-rejected); its arms are left out")
+            continue
+        if not chosen:
+            warnings.append(f"{folder}: no candidate passes {rule}; its arms are left out")
+            continue
+        arms.append(_arm(folder, f"{folder.name} ({rule} RS)", [(r["file"], r["class_id"]) for r in chosen],
+                         vocabulary, cfg, work, rule=rule, frames=config["num_frames"]))
+        if cfg.without_rejection and (first := _first_candidates(records, chosen)) is not None:
+            matched = _arm(folder, f"{folder.name} (no RS, as many as {rule})", first, vocabulary, cfg, work,
+                           rule=None, frames=config["num_frames"])
+            arms[-1].source["matched_without_rs"] = matched.name
+            arms.append(matched)
+    return arms
+
+
+def _generation_manifest(folder: Path, vocabulary: ClassVocabulary) -> dict:
+    if not (folder / MANIFEST).exists():
         raise DownstreamError(f"{folder}: no {MANIFEST}; give the output folder of `survgen generate`")
-    manifest = json.loads(manifest_path.read_text())
     stored = ClassVocabulary.for_folder(folder)
     if tuple(stored.names) != tuple(vocabulary.names):
         raise DownstreamError(f"{folder}: generated for classes {list(stored.names)}, but the real data has "
                               f"{list(vocabulary.names)}; generate with a model trained on this dataset")
-    topk = manifest["request"]["config"]["reject_topk"]
-    records = manifest["videos"]
-    accepted = [(r["file"], r["class_id"]) for r in records if r["accepted"]]
-    if not accepted:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if not any(r["accepted"] for r in manifest["videos"]):
         raise DownstreamError(f"{folder}: holds no accepted video yet; finish `survgen generate` first")
-    per_class = {c: sum(1 for _, k in accepted if k == c) for c in sorted({k for _, k in accepted})}
-    label = folder.name
-    arms = [Arm(name=f"real + {label} ({f'top-{topk} RS' if topk else 'no RS'})",
-                slug=_slug(f"{label}-{'rs' if topk else 'no-rs'}"),
-                synthetic=_synthetic_index(folder, accepted, vocabulary, cfg.classifier),
-                source={"folder": str(folder), "reject_topk": topk, "rejection_sampling": bool(topk),
-                        "videos": {vocabulary.code(c): n for c, n in per_class.items()}})]
-    if not (cfg.without_rejection and topk):
-        return arms
-    # Arm (c): the same number of videos per class, the first candidates whatever the classifier said.
-    first: list[tuple[str, int]] = []
-    for class_id, n in per_class.items():
+    return manifest
+
+
+def _first_candidates(records: list[dict], chosen: list[dict]) -> list[tuple[str, int]] | None:
+    """As many videos per class as `chosen` holds, the first candidates whatever the classifier said; None when
+    one of them was not kept on disk."""
+    first = []
+    for class_id in sorted({r["class_id"] for r in chosen}):
+        n = sum(1 for r in chosen if r["class_id"] == class_id)
         candidates = sorted((r for r in records if r["class_id"] == class_id), key=lambda r: r["candidate"])[:n]
         if any(r["file"] is None for r in candidates):
-            return arms  # rejected videos were not kept: no arm without rejection sampling from this folder
+            return None
         first += [(r["file"], class_id) for r in candidates]
-    csv_path = work / f"{_slug(label)}-first-candidates.csv"  # rewritten on every run: a function of the manifest
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(["video", "start_frame", "end_frame", "class"])
-    frames = manifest["request"]["config"]["num_frames"]
-    writer.writerows((file, 0, frames, class_id) for file, class_id in first)
-    write_text_atomic(csv_path, rows.getvalue())
-    arms.append(Arm(name=f"real + {label} (no RS)", slug=_slug(f"{label}-no-rs"),
-                    synthetic=_synthetic_index(folder, first, vocabulary, cfg.classifier, labels_csv=csv_path),
-                    source={"folder": str(folder), "reject_topk": 0, "rejection_sampling": False,
-                            "videos": {vocabulary.code(c): n for c, n in per_class.items()},
-                            "chosen": "the first candidates of each class, accepted or not"}))
-    return arms
+    return first
+
+
+def _arm(folder: Path, label: str, rows: list[tuple[str, int]], vocabulary: ClassVocabulary,
+         cfg: DownstreamConfig, work: Path, *, rule: str | None, frames: int) -> Arm:
+    """Real + the generated videos `rows`, labelled through a CSV written into `work`."""
+    csv_path = _labels_csv(rows, frames, work / f"{_slug(label)}.csv")
+    per_class = {vocabulary.code(c): sum(1 for _, k in rows if k == c) for c in sorted({k for _, k in rows})}
+    source = {"folder": str(folder), "rejection": rule, "rejection_sampling": rule is not None, "videos": per_class}
+    if rule is None:
+        source["chosen"] = "the first candidates of each class, accepted or not"
+    return Arm(name=f"real + {label}", slug=_slug(label),
+               synthetic=_synthetic_index(folder, rows, vocabulary, cfg.classifier, labels_csv=csv_path),
+               source=source)
 
 
 def combine(real: VideoIndex, synthetic: VideoIndex | None) -> VideoIndex:
@@ -291,26 +301,43 @@ def mean_std(values: list[float | None]) -> dict:
 
 
 def summarise(runs: list[dict], arms: list[Arm], vocabulary: ClassVocabulary) -> dict:
-    """Per arm: every score as mean ± std over seeds, and each class's change against real only."""
+    """Per arm: every score as mean ± std over seeds, each class's change of the mean against real only, and the
+    paired differences (95 % intervals over seeds) against real and, for a rule's arm, against its matched arm."""
+    codes = [vocabulary.code(c) for c in range(len(vocabulary))]
+    headline = ("accuracy", "balanced_accuracy", "macro_f1") + (("f1_positive",) if len(vocabulary) == 2 else ())
+    by_arm = {arm.name: {r["seed"]: r["test"] for r in runs if r["arm"] == arm.name} for arm in arms}
     summary = {}
     for arm in arms:
-        mine = [r["test"] for r in runs if r["arm"] == arm.name]
-        entry = {key: mean_std([m[key] for m in mine]) for key in ("accuracy", "balanced_accuracy", "macro_f1")}
-        if len(vocabulary) == 2:
-            entry["f1_positive"] = mean_std([m["f1_positive"] for m in mine])
-        entry["per_class"] = {
-            code: {metric: mean_std([m["per_class"][code][metric] for m in mine]) for metric in ("jaccard", "f1")}
-            for code in (vocabulary.code(c) for c in range(len(vocabulary)))
-        }
+        mine = list(by_arm[arm.name].values())
+        entry = {key: mean_std([m[key] for m in mine]) for key in headline}
+        entry["per_class"] = {code: {metric: mean_std([m["per_class"][code][metric] for m in mine])
+                                     for metric in ("jaccard", "f1")} for code in codes}
         entry["seeds"] = len(mine)
+        against = [arms[0].name] + ([arm.source["matched_without_rs"]] if "matched_without_rs" in arm.source else [])
+        entry["paired"] = {other: _paired(by_arm[arm.name], by_arm[other], headline, codes)
+                           for other in dict.fromkeys(against) if other != arm.name}
         summary[arm.name] = entry
-    baseline = summary.get(arms[0].name)
-    for name, entry in summary.items():  # the change against arm (a), class by class
+    baseline = summary[arms[0].name]
+    for entry in summary.values():  # the change of the mean against arm (a), class by class
         for code, metrics in entry["per_class"].items():
             for metric, value in metrics.items():
                 base = baseline["per_class"][code][metric]["mean"]
                 value["delta"] = (value["mean"] - base) if value["mean"] is not None and base is not None else None
     return summary
+
+
+def _paired(arm: dict[int, dict], other: dict[int, dict], headline: tuple[str, ...], codes: list[str]) -> dict:
+    """`arm − other` seed by seed, for the headline scores and each class's Jaccard and F1."""
+    def values(runs: dict[int, dict], pick) -> dict[int, float | None]:
+        return {seed: pick(test) for seed, test in runs.items()}
+
+    paired = {key: paired_difference(values(arm, lambda t: t[key]), values(other, lambda t: t[key]))
+              for key in headline}
+    paired["per_class"] = {
+        code: {metric: paired_difference(values(arm, lambda t: t["per_class"][code][metric]),
+                                         values(other, lambda t: t["per_class"][code][metric]))
+               for metric in ("jaccard", "f1")} for code in codes}
+    return paired
 
 
 # ---------------------------------------------------------------- the experiment
@@ -361,9 +388,9 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
     train_index, test_index = training_and_test_sets(real, test, cfg)
     vocabulary = train_index.vocabulary
     arms = [Arm(name="real", slug="real")]
-    for folder in synthetic:
-        arms += synthetic_arms(folder, vocabulary, cfg, out / "runs")
     warnings = [w for w in (generator_saw_test(s, list(test_index.videos)) for s in synthetic) if w]
+    for folder in synthetic:
+        arms += synthetic_arms(folder, vocabulary, cfg, out / "runs", warnings)
     points = time_points(test_index, cfg.test_step, warnings)
     if not points:
         raise DatasetError(f"{test or real}: no labelled time point in the test videos to score")

@@ -241,6 +241,7 @@ def write_downstream_report(results: dict, folder: str | Path, *, command: str |
              provenance(command, results.get("seconds_this_session"), resumable=True), ""]
     lines += _setup_section(results)
     lines += _results_section(results, vocabulary, folder)
+    lines += _noise_section(results, vocabulary)
     lines += _class_balance_section(results, vocabulary, folder)
     real = Path(results["request"]["real"])
     for synthetic in results["request"]["synthetic"]:
@@ -265,14 +266,15 @@ def _setup_section(results: dict) -> list[str]:
              f"- real training data: `{request['real']}` ({len(results['train']['videos'])} recordings)",
              f"- test data: {test} ({len(results['test']['videos'])} recordings, {results['test']['points']} "
              f"labelled time points, one every {config['test_step']} frames)",
-             f"- recogniser: survgen video classifier, preset `{clf['preset']}`{size}, {clf['clip_length']}-frame "
+             f"- recogniser: preset `{clf['preset']}`{size} (X3D unless the preset is a 3D ResNet's: tiny, r3d18; the "
+             f"rejection classifier is a 3D ResNet), {clf['clip_length']}-frame "
              f"clips; {clf['train']['steps']} steps × batch {clf['train']['batch_size']}, lr {clf['train']['lr']}, "
              f"class balance `{clf['balance']}`; the same budget for every arm",
              f"- seeds: {', '.join(map(str, config['seeds']))} (mean ± sample standard deviation over them)", ""]
     real_name = arms[0]["name"]
     rows = [[a["name"], ", ".join(f"{c} +{n}" for c, n in a.get("synthetic_clips", {}).items()) or "–",
-             "yes" if a.get("rejection_sampling") else ("–" if a["name"] == real_name else "no")] for a in arms]
-    return lines + [markdown_table(["arm", "synthetic clips added", "rejection sampling"], rows, "lll"), ""]
+             a.get("rejection") or ("–" if a["name"] == real_name else "none (first candidates)")] for a in arms]
+    return lines + [markdown_table(["arm", "synthetic clips added", "rejection rule"], rows, "lll"), ""]
 
 
 def _results_section(results: dict, vocabulary: ClassVocabulary, folder: Path) -> list[str]:
@@ -308,6 +310,34 @@ def _per_class_scores(results: dict, vocabulary: ClassVocabulary, metric: str, t
             f"Δ: change of the mean against `{results['arms'][0]['name']}`. "
             + ("Classes with synthetic videos: " + ", ".join(rare) + "." if rare else ""), "",
             f"![{metric} per class](scores_{metric}.png)", ""]
+
+
+def interval_text(d: dict) -> str:
+    """A paired difference as `+0.050 [-0.010, +0.110]`."""
+    if d["low"] is None:
+        return signed(d["mean"])
+    return f"{signed(d['mean'])} [{signed(d['low'])}, {signed(d['high'])}]"
+
+
+def _noise_section(results: dict, vocabulary: ClassVocabulary) -> list[str]:
+    """Each arm against real, and each rule's arm against its matched arm without rejection sampling: the paired
+    difference over seeds with its 95 % interval, for every rare class's Jaccard and the balanced accuracy."""
+    summary = results["summary"]
+    rare = synthetic_classes(results["arms"], [vocabulary.code(c) for c in range(len(vocabulary))])
+    rows = []
+    for arm, entry in summary.items():
+        for other, paired in entry.get("paired", {}).items():
+            cells = [(f"Jaccard {code}", paired["per_class"][code]["jaccard"]) for code in rare]
+            cells.append(("balanced accuracy", paired["balanced_accuracy"]))
+            rows += [[arm, other, what, interval_text(d), str(d["n"]), d["verdict"]] for what, d in cells]
+    if not rows:
+        return []
+    return ["## Is the change outside the noise?", "",
+            markdown_table(["arm", "against", "score", "mean difference [95 % interval]", "seeds", "verdict"],
+                           rows, "lllrrl"), "",
+            "Differences are paired by seed (the seed fixes the recogniser's initial weights and data order); the "
+            "interval is Student's t over the seeds. `gain` or `loss`: the interval excludes zero; `within noise`: "
+            "it does not, and these seeds cannot tell the arms apart.", ""]
 
 
 def synthetic_classes(arms: list[dict], codes: list[str]) -> list[str]:

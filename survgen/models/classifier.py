@@ -1,6 +1,8 @@
-"""The video classifier of rejection sampling: a ResNet3D-18-style network on 16-frame clips.
+"""The clip classifiers: their config, what they share (`VideoClassifier`), and the 3D ResNet.
 
-Laid out as torchvision's `r3d_18` (Tran et al., "A Closer Look at
+The 3D ResNet (`arch` r3d) is the classifier of rejection sampling. X3D
+(`survgen.models.x3d`), the downstream test's default recogniser, shares the
+config and the base class. The 3D ResNet is laid out as torchvision's `r3d_18` (Tran et al., "A Closer Look at
 Spatiotemporal Convolutions", 2018): a 3×7×7 stem that halves the frame size,
 four stages of two `BasicBlock3D`s (3×3×3 convolutions with a residual
 shortcut), the last three stages halving frames, height and width, then global
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from survgen.data.index import clip_stride
-from survgen.presets import CLASSIFIER_PRESETS
+from survgen.presets import CLASSIFIER_ARCHS, CLASSIFIER_PRESETS
 
 
 @dataclass
@@ -35,7 +37,9 @@ class ClassifierConfig:
     """How a classifier is built and what input it expects. Saved next to its weights."""
 
     num_classes: int = 8
+    arch: str = "r3d"  # r3d: the 3D ResNet below | x3d: X3D (survgen.models.x3d)
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    depths: tuple[int, int, int, int] = (2, 2, 2, 2)  # blocks per stage
     image_size: int = 64  # frames are resized to image_size × image_size
     clip_length: int = 16  # frames per clip ...
     clip_fps: float | None = None  # ... at this rate (a video's stride: round(its fps / clip_fps)); None: every frame
@@ -43,9 +47,14 @@ class ClassifierConfig:
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)  # JSON gives a list back
+        self.depths = tuple(int(d) for d in self.depths)
         problems = []
+        if self.arch not in CLASSIFIER_ARCHS:
+            problems.append(f"arch must be one of {', '.join(CLASSIFIER_ARCHS)} (got {self.arch!r})")
         if len(self.widths) != 4 or min(self.widths) < 1:
             problems.append(f"widths must be four positive channel counts (got {self.widths})")
+        if len(self.depths) != 4 or min(self.depths) < 1:
+            problems.append(f"depths must be four positive block counts (got {self.depths})")
         if self.clip_fps is not None and not self.clip_fps > 0:
             problems.append(f"clip_fps must be a positive frame rate (got {self.clip_fps})")
         for name in ("num_classes", "image_size", "clip_length"):
@@ -97,38 +106,28 @@ class BasicBlock3D(nn.Module):
 
 
 class VideoClassifier(nn.Module):
-    """ResNet3D-18-style clip classifier: `(b, f, 3, H, W)` in [-1, 1] → `(b, num_classes)` logits."""
+    """What every clip classifier shares: `(b, f, 3, H, W)` in [-1, 1] → `(b, num_classes)` logits through its
+    pooled embedding (`features`), dropout and a linear `head`."""
+
+    head: nn.Linear
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = config
-        w = config.widths
-        self.stem = nn.Sequential(
-            nn.Conv3d(3, w[0], (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
-            group_norm(w[0]),
-            nn.ReLU(inplace=True),
-        )
-        stages, channels = [], w[0]
-        for i, width in enumerate(w):
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(BasicBlock3D(channels, width, stride), BasicBlock3D(width, width)))
-            channels = width
-        self.stages = nn.Sequential(*stages)
-        self.head = nn.Linear(channels, config.num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     @property
     def feature_dim(self) -> int:
-        return self.config.widths[-1]
+        raise NotImplementedError
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled clip embedding `(b, widths[-1])`: averaged over frames, height and width."""
+        raise NotImplementedError
+
+    @staticmethod
+    def channels_first(x: torch.Tensor) -> torch.Tensor:
+        """`(b, f, 3, H, W)` clips as Conv3d takes them, `(b, 3, f, H, W)`."""
         if x.dim() != 5 or x.shape[2] != 3:
             raise ValueError(f"expected clips of shape (b, f, 3, H, W), got {tuple(x.shape)}")
-        h = self.stages(self.stem(x.transpose(1, 2)))  # Conv3d wants (b, c, f, H, W)
-        return h.mean(dim=(2, 3, 4))
+        return x.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Class logits. In training, dropout draws its mask from `generator` when one is given,
@@ -142,3 +141,35 @@ class VideoClassifier(nn.Module):
                 keep = torch.rand(h.shape, generator=generator, device=generator.device) >= p
                 h = h * keep.to(h.device, h.dtype) / (1 - p)
         return self.head(h)
+
+
+class ResNet3DClassifier(VideoClassifier):
+    """ResNet3D-18-style clip classifier (`arch` r3d)."""
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__(config)
+        w = config.widths
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, w[0], (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
+            group_norm(w[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages, channels = [], w[0]
+        for i, (width, depth) in enumerate(zip(w, config.depths)):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(*(BasicBlock3D(channels if k == 0 else width, width, stride if k == 0 else 1)
+                                          for k in range(depth))))
+            channels = width
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(channels, config.num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.widths[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled clip embedding `(b, widths[-1])`: averaged over frames, height and width."""
+        return self.stages(self.stem(self.channels_first(x))).mean(dim=(2, 3, 4))

@@ -21,10 +21,11 @@ import torch
 from survgen.classes import ClassVocabulary
 from survgen.config import config_file, config_to_dict, read_config
 from survgen.io import atomic_folder, load_safetensors, save_safetensors
-from survgen.models.classifier import ClassifierConfig, VideoClassifier
+from survgen.models.classifier import ClassifierConfig, ResNet3DClassifier, VideoClassifier
 from survgen.models.spatial import SpatialModel, load_spatial
 from survgen.models.video_base import VideoModel
 from survgen.models.video_models import video_model_config, video_model_from_config
+from survgen.models.x3d import X3DClassifier
 from survgen.runs import RunFolderError, RunInfo, read_run
 
 TEMPORAL_WEIGHTS = "temporal.safetensors"
@@ -107,6 +108,11 @@ def load_video_model(run_folder: str | Path) -> tuple[VideoModel, SpatialModel, 
 
 
 # ---------------------------------------------------------------- classifiers
+def build_classifier(config: ClassifierConfig) -> VideoClassifier:
+    """A fresh clip classifier of `config.arch`."""
+    return X3DClassifier(config) if config.arch == "x3d" else ResNet3DClassifier(config)
+
+
 def save_classifier(model: VideoClassifier, folder: Path) -> None:
     with atomic_folder(folder) as tmp:
         save_safetensors(model.state_dict(), tmp / CLASSIFIER_WEIGHTS)
@@ -121,7 +127,7 @@ def load_classifier(run_folder: str | Path, device: str | torch.device = "cpu"
     if not weights.exists() or not config_path.exists():
         raise RunFolderError(f"{run.folder}: holds no exported classifier yet ({weights} is missing); "
                              "finish the run with `survgen train-classifier --out RUN --resume`")
-    model = VideoClassifier(read_config(ClassifierConfig, config_path))
+    model = build_classifier(read_config(ClassifierConfig, config_path))
     try:
         model.load_state_dict(load_safetensors(weights, "train the classifier again (survgen train-classifier)"))
     except RuntimeError as e:

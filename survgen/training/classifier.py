@@ -35,7 +35,7 @@ from survgen.data.datasets import ClipDataset
 from survgen.data.index import VideoIndex, build_index
 from survgen.io import atomic_path
 from survgen.models.classifier import ClassifierConfig, VideoClassifier
-from survgen.models.loading import save_classifier
+from survgen.models.loading import build_classifier, save_classifier
 from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
 from survgen.training.configs import ClassifierStageConfig
@@ -209,7 +209,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierStageConf
     # The initial weights are part of the run's seed; the caller's global RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        model = VideoClassifier(model_config)
+        model = build_classifier(model_config)
     train_set = ClipDataset(train_index, size=model_config.image_size)
     dataset = Subset(train_set, balanced_order(train_index)) if cfg.balance == "sampler" else train_set
     weights = class_weights(train_index.class_counts()) if cfg.balance == "loss" else None
