@@ -44,10 +44,13 @@ def quality_command(
     i3d_weights: Annotated[Optional[Path], typer.Option("--i3d-weights", help="I3D TorchScript file (i3d_torchscript.pt, as StyleGAN-V's FVD): for FVD.")] = None,
     max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Frames per class and set, at most.")] = 1000,
     max_clips: Annotated[int, typer.Option("--max-clips", min=1, help="Clips per class and set, at most (FVD).")] = 500,
+    per_recording: Annotated[Optional[int], typer.Option("--per-recording", min=1, help="Frames and clips per recording and class, at most, so that a few long recordings do not stand for a class.", show_default="no cap")] = None,
+    floor: Annotated[bool, typer.Option("--floor/--no-floor", help="Also score two halves of the real recordings against each other: what a perfect generator would get.")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Which real frames and clips are drawn.")] = 0,
     quiet: Quiet = False, as_json: AsJson = False,
 ):
-    """FID, KID, CMMD, density/coverage (frames) and FVD (clips) of generated vs real videos, per class.
+    """FID, KID, CMMD, density/coverage (frames) and FVD (clips) of generated vs real videos, per class, with the
+    real-vs-real floor of each.
 
     No weights are ever downloaded: without --inception-weights / --clip-weights / --i3d-weights the
     features come from the survgen classifier, and every output says so.
@@ -69,7 +72,8 @@ def quality_command(
     extractors = Extractors(frames=InceptionFeatures(inception_weights) if inception_weights else own,
                             cmmd=ClipEmbeddings(clip_weights) if clip_weights else own,
                             clips=I3DFeatures(i3d_weights) if i3d_weights else own)
-    cfg = QualityConfig(max_frames=max_frames, max_clips=max_clips, seed=seed)
+    cfg = QualityConfig(max_frames=max_frames, max_clips=max_clips, seed=seed, per_recording=per_recording,
+                        floor=floor)
     results = evaluate_quality(real, fake, extractors, cfg, progress=not quiet)
     seconds = time.perf_counter() - started
     results["command"] = _command_line()
@@ -80,14 +84,24 @@ def quality_command(
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
-    rows = [(code, r) for code, r in results["per_class"].items() if "frames" in r]
-    rows += [("all", results["overall"])] if results["overall"] else []
+    rows = _quality_rows(results)
     show(_quality_table(rows, title=f"quality of {fake} vs {real}"))
     for name, extractor in results["extractors"].items():
         show(text(f"{name}: features of {extractor}"))
     warned = sum(len(r.get("warnings", [])) for _, r in rows)
     if warned:
         say(f"{warned} warning(s) about small sample sizes: see {report / 'report.md'}", "warning")
+
+
+def _quality_rows(results: dict) -> list[tuple[str, dict]]:
+    """(label, metrics): each class, then its real-vs-real floor; all classes pooled last."""
+    rows = []
+    for code, r in results["per_class"].items():
+        if "frames" in r:
+            rows.append((code, r))
+            if r.get("floor"):
+                rows.append((f"{code} floor", r["floor"]))
+    return rows + ([("all", results["overall"])] if results["overall"] else [])
 
 
 def _quality_table(rows: list[tuple[str, dict]], title: str) -> Table:

@@ -218,6 +218,13 @@ def test_quality_of_a_set_against_itself_is_perfect_and_the_extractor_is_named(g
     report = write_quality_report(results, tmp_path, command="survgen evaluate quality ...").read_text()
     assert "random tiny classifier" in report and "not comparable" in report and f"{g7['fid']:.2f}" in report
     assert (tmp_path / "generated_rare_G7.gif").exists()
+    # the floor: two halves of the real recordings (one video each here) compared in the same way
+    assert g7["floor"]["recordings"] == [1, 1] and g7["floor"]["frames"] == {"real": 16, "fake": 16}
+    assert "G7 floor: real vs real (1 / 1 recordings)" in report
+    capped = evaluate_quality(generated, generated, extractors, QualityConfig(kid_subsets=5, per_recording=4,
+                                                                             floor=False))
+    assert capped["per_class"]["G7"]["frames"] == {"real": 8, "fake": 8} and "floor" not in capped["per_class"]["G7"]
+    assert capped["per_class"]["G7"]["clips"] == {"real": 2, "fake": 2}  # one 16-frame clip per video anyway
 
 
 def test_the_evaluate_commands_write_reports_and_refuse_bad_input(synth_dataset, generated, tmp_path):

@@ -15,11 +15,19 @@ The features come from pluggable extractors (`survgen.evaluation.features`):
 Every result names the extractor it was computed with, since numbers from
 different extractors (or from different sample sizes) are not comparable.
 Real frames and clips are subsampled (seeded) to at most `max_frames` /
-`max_clips` per class; the sample sizes are part of the results.
+`max_clips` per class, and with `per_recording` to at most that many per
+recording (so a few long recordings do not stand for a class); the sample
+sizes are part of the results.
+
+The floor: for each class with two or more real recordings, the same metrics
+between two halves of the real recordings (split by recording). It is what a
+generator indistinguishable from the real data would score at these sample
+sizes, so a generated set's number means something only against it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,11 +49,13 @@ class QualityConfig:
     kid_subsets: int = 100
     nearest_k: int = 5  # density and coverage
     seed: int = 0  # which real frames and clips are drawn
+    per_recording: int | None = None  # at most this many frames (and clips) of one recording per class and set
+    floor: bool = True  # also compare two halves of the real recordings: the score of a perfect generator
     clip_fps: float | None = CLIP_FPS  # real clips at this rate, as the generated ones were trained on
 
     def check(self) -> None:
-        for name in ("max_frames", "max_clips", "kid_subsets", "nearest_k"):
-            if getattr(self, name) < 1:
+        for name in ("max_frames", "max_clips", "kid_subsets", "nearest_k", "per_recording"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
@@ -77,14 +87,26 @@ def _draw(items: list, n: int, rng: random.Random) -> list:
     return items if len(items) <= n else sorted(rng.sample(items, n), key=items.index)
 
 
+def _draw_per_recording(items: list, recording_of, n: int | None, rng: random.Random) -> list:
+    """At most `n` items of each recording (all with None), drawn at random, in their order."""
+    if n is None:
+        return items
+    by_recording: dict = {}
+    for item in items:
+        by_recording.setdefault(recording_of(item), []).append(item)
+    kept = {id(i) for group in by_recording.values() for i in _draw(group, n, rng)}
+    return [i for i in items if id(i) in kept]
+
+
 def class_features(index: VideoIndex, class_id: int, size: int, extractors: Extractors, cfg: QualityConfig,
                    rng: random.Random) -> Features | None:
     """Features of up to `max_frames` distinct frames and `max_clips` clips of one class (None: no clip)."""
     clips = [c for c in index.clips if c.class_id == class_id]
     if not clips:
         return None
-    frames = _draw(list(dict.fromkeys((c.video, f) for c in clips for f in index.frames(c))), cfg.max_frames, rng)
-    clips = _draw(clips, cfg.max_clips, rng)
+    frames = list(dict.fromkeys((c.video, f) for c in clips for f in index.frames(c)))
+    frames = _draw(_draw_per_recording(frames, lambda vf: vf[0], cfg.per_recording, rng), cfg.max_frames, rng)
+    clips = _draw(_draw_per_recording(clips, lambda c: c.video, cfg.per_recording, rng), cfg.max_clips, rng)
     frame_features, cmmd_features, clip_features = [], [], []
     for start in range(0, len(frames), CHUNK):
         chunk = frames[start:start + CHUNK]
@@ -131,6 +153,21 @@ def compare(real: Features, fake: Features, cfg: QualityConfig) -> dict:
     return result
 
 
+def real_floor(index: VideoIndex, class_id: int, size: int, extractors: Extractors, cfg: QualityConfig,
+               rng: random.Random) -> dict | None:
+    """The metrics between two halves of a class's real recordings (split at random by recording); None with
+    fewer than two recordings."""
+    recordings = sorted({c.video_id for c in index.clips if c.class_id == class_id})
+    if len(recordings) < 2:
+        return None
+    rng.shuffle(recordings)
+    first = set(recordings[: len(recordings) // 2])
+    halves = [dataclasses.replace(index, clips=[c for c in index.clips if (c.video_id in first) == side])
+              for side in (True, False)]
+    a, b = (class_features(half, class_id, size, extractors, cfg, rng) for half in halves)
+    return {"recordings": [len(first), len(recordings) - len(first)], **compare(a, b, cfg)}
+
+
 def _pooled(features: list[Features]) -> Features:
     return Features(*(torch.cat([getattr(f, name) for f in features]) for name in ("frames", "cmmd", "clips")))
 
@@ -160,6 +197,8 @@ def evaluate_quality(real: str | Path, fake: str | Path, extractors: Extractors,
             continue
         fake_class = class_features(fake_index, class_id, size, extractors, cfg, rng)
         per_class[code] = compare(real_class, fake_class, cfg)
+        if cfg.floor:
+            per_class[code]["floor"] = real_floor(real_index, class_id, size, extractors, cfg, rng)
         if progress:
             say(f"{code}: {per_class[code]['frames']['real']} real vs {per_class[code]['frames']['fake']} "
                 f"generated frames, {per_class[code]['clips']['real']} vs {per_class[code]['clips']['fake']} clips")

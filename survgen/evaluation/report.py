@@ -388,10 +388,20 @@ def write_quality_report(results: dict, folder: str | Path, *, command: str | No
              f"- CMMD (σ = 10, ×1000): {extractors['cmmd']}", f"- FVD: {extractors['fvd']}", ""]
     header = ["class", "frames real / gen", "clips real / gen", "FID ↓", "KID ↓", "CMMD ↓", "precision ↑",
               "recall ↑", "density ↑", "coverage ↑", "FVD ↓"]
-    rows = [_quality_row(code, r) for code, r in results["per_class"].items() if "frames" in r]
+    rows = []
+    for code, r in results["per_class"].items():
+        if "frames" in r:
+            rows.append(_quality_row(code, r))
+            if r.get("floor"):
+                rows.append(_quality_row(f"{code} floor: real vs real ({' / '.join(map(str, r['floor']['recordings']))} "
+                                         "recordings)", r["floor"]))
     if results.get("overall"):
         rows.append(_quality_row("all", results["overall"]))
-    lines += [markdown_table(header, rows), ""]
+    per_recording = results["config"].get("per_recording")
+    lines += [markdown_table(header, rows), "",
+              "A class's *floor* compares two halves of its real recordings: what a generator indistinguishable "
+              "from the real data would score at these sample sizes (its 'gen' column is the second half). "
+              + (f"At most {per_recording} frames and clips per recording and class. " if per_recording else ""), ""]
     warnings = [(code, w) for code, r in results["per_class"].items() for w in r.get("warnings", [])]
     warnings += [("all", w) for w in (results.get("overall") or {}).get("warnings", [])]
     if warnings:
