@@ -8,18 +8,44 @@
 #
 # The shipped model was trained on `survgen data synth` with its defaults (seed 0), so
 # that is the real training set here; the test set is 20 new recordings (seed 1).
-# Everything lands in ./evaluation/ (OUT= moves it); re-running continues where it stopped.
+# Everything lands in ./evaluation/ (OUT= moves it); re-running continues where it stopped. The reports,
+# their pictures and the time each step took are then copied into docs/evaluation/ (DOCS=).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/venv.sh
 
 OUT=${OUT:-evaluation}
-[ -d "$OUT/data" ] || survgen data synth --out "$OUT/data"
-[ -d "$OUT/test" ] || survgen data synth --out "$OUT/test" --seed 1 --num-videos 20
-survgen generate --class G1 --class G6 --class G7 --n "${N:-64}" --reject-topk 3 --keep-rejected \
+DOCS=${DOCS:-docs/evaluation}  # where the reports are copied for the README; DOCS= (empty) skips the copy
+mkdir -p "$OUT"
+printf '| step | seconds (this invocation) |\n|---|---:|\n' > "$OUT/timings.md"
+timed() {  # timed NAME COMMAND...: run it and add its wall time to $OUT/timings.md
+  local name=$1 began=$SECONDS
+  shift
+  "$@"
+  printf '| %s | %d |\n' "$name" $((SECONDS - began)) >> "$OUT/timings.md"
+}
+
+[ -d "$OUT/data" ] || timed "synthesise the real data" survgen data synth --out "$OUT/data"
+[ -d "$OUT/test" ] || timed "synthesise the test data" survgen data synth --out "$OUT/test" --seed 1 --num-videos 20
+timed "generate (top-3 rejection, rejected kept)" \
+  survgen generate --class G1 --class G6 --class G7 --n "${N:-64}" --reject-topk 3 --keep-rejected \
   --out "$OUT/generated/rare" --quiet
-[ -f "$OUT/quality/quality.json" ] || \
-  survgen evaluate quality --real "$OUT/data" --fake "$OUT/generated/rare" --report "$OUT/quality"
-survgen evaluate downstream --real "$OUT/data" --test "$OUT/test" --synthetic "$OUT/generated/rare" \
-  --image-size 32 --steps "${STEPS:-300}" --batch-size 16 --report "$OUT/downstream"
+[ -f "$OUT/quality/quality.json" ] || timed "evaluate quality (with the real-vs-real floor)" \
+  survgen evaluate quality --real "$OUT/data" --fake "$OUT/generated/rare" --report "$OUT/quality" \
+  --per-recording "${PER_RECORDING:-100}" --quiet
+timed "evaluate downstream" \
+  survgen evaluate downstream --real "$OUT/data" --test "$OUT/test" --synthetic "$OUT/generated/rare" \
+  --image-size 32 --steps "${STEPS:-300}" --batch-size 16 --report "$OUT/downstream" --quiet
+cat "$OUT/timings.md"
+
+if [ -n "$DOCS" ]; then  # the reports and their pictures, not the runs
+  for part in quality downstream; do
+    mkdir -p "$DOCS/$part"
+    find "$OUT/$part" -maxdepth 1 -type f \( -name '*.md' -o -name '*.json' -o -name '*.png' -o -name '*.gif' \) \
+      -exec cp {} "$DOCS/$part/" \;
+  done
+  cp "$OUT/generated/rare/manifest.json" "$DOCS/generation_manifest.json"
+  cp "$OUT/timings.md" "$DOCS/timings.md"
+  echo "reports copied to $DOCS"
+fi
