@@ -97,8 +97,8 @@ def _slug(text: str) -> str:
 
 
 def _synthetic_index(folder: Path, rows: list[tuple[str, int]], vocabulary: ClassVocabulary, cfg,
-                     labels_csv: Path | None = None) -> VideoIndex:
-    """The clips of generated videos `(file, class_id)`: each video is one labelled segment."""
+                     labels_csv: Path) -> VideoIndex:
+    """The clips of generated videos `(file, class_id)`, labelled by `labels_csv`: each video is one segment."""
     index = build_index(folder, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps, layout="csv",
                         labels_csv=labels_csv, vocabulary=vocabulary)
     wanted = {f for f, _ in rows}
@@ -185,7 +185,7 @@ def _arm(folder: Path, label: str, rows: list[tuple[str, int]], vocabulary: Clas
     if rule is None:
         source["chosen"] = "the first candidates of each class, accepted or not"
     return Arm(name=f"real + {label}", slug=_slug(label),
-               synthetic=_synthetic_index(folder, rows, vocabulary, cfg.classifier, labels_csv=csv_path),
+               synthetic=_synthetic_index(folder, rows, vocabulary, cfg.classifier, csv_path),
                source=source)
 
 
