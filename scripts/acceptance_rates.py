@@ -7,6 +7,11 @@ acceptance_default-<sampler>-<steps>.json (dpm++ written dpmpp) for another samp
 
     python scripts/acceptance_rates.py [--n 24] [--classes G1 G6 G7] [--out /tmp/acceptance]
                                        [--sampler dpm++ --steps 10]
+                                       [--model RUN2 --classifier RUN_CLS --save NAME.json]
+
+`--model`/`--classifier` score runs that are not (yet) the shipped default,
+e.g. `scripts/train_default.sh`'s before it exports them; `--save` names the
+results file then.
 """
 
 import argparse
@@ -26,9 +31,13 @@ parser.add_argument("--classes", nargs="+", default=["G1", "G6", "G7"])
 parser.add_argument("--out", type=Path, default=Path("/tmp/acceptance"))
 parser.add_argument("--sampler", default=GenerationConfig.sampler)
 parser.add_argument("--steps", type=int, default=GenerationConfig.steps)
+parser.add_argument("--model", type=Path, help="a stage-2 run (default: the shipped default's)")
+parser.add_argument("--classifier", type=Path, help="a classifier run (default: the shipped default's)")
+parser.add_argument("--save", help="results file name under benchmarks/results/")
 args = parser.parse_args()
 
 model, classifier = default_runs()
+model, classifier = args.model or model, args.classifier or classifier
 results = {}
 for code in args.classes:
     started = time.perf_counter()
@@ -48,14 +57,15 @@ for code in args.classes:
 
 report = {
     "command": "python scripts/acceptance_rates.py " + " ".join(f"--{k} {v if not isinstance(v, list) else ' '.join(v)}"
-                                                               for k, v in vars(args).items()),
+                                                               for k, v in vars(args).items() if v is not None),
     "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
     "sampler": f"{args.sampler}, {args.steps} steps, guidance {GenerationConfig.guidance}",
     "chance": {"top1": 1 / 8, "top3": 3 / 8},
     "per_class": results,
 }
 default = (args.sampler, args.steps) == (GenerationConfig.sampler, GenerationConfig.steps)
-name = "acceptance_default.json" if default else f"acceptance_default-{args.sampler.replace('+', 'p')}-{args.steps}.json"
+name = args.save or ("acceptance_default.json" if default
+                     else f"acceptance_default-{args.sampler.replace('+', 'p')}-{args.steps}.json")
 path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / name
 path.write_text(json.dumps(report, indent=2) + "\n")
 print(path)

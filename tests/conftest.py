@@ -31,7 +31,7 @@ def vae_run(synth_dataset, tmp_path_factory):
     from survgen.training.configs import AutoencoderStageConfig
 
     out = tmp_path_factory.mktemp("runs") / "vae"
-    train_autoencoder(synth_dataset, out, AutoencoderStageConfig(train=fast_train(steps=6, batch_size=8)))
+    train_autoencoder(synth_dataset, out, AutoencoderStageConfig(score_frames=2, train=fast_train(steps=6, batch_size=8)))
     return out
 
 

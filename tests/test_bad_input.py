@@ -96,7 +96,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-input")
     data = synthesize_dataset(root / "data", num_videos=4, frames_per_video=90, size=32)
     train = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, sample_every=2, ema_decay=0.0, num_workers=0)
-    train_autoencoder(data, root / "vae", AutoencoderStageConfig(image_size=32, train=train))
+    train_autoencoder(data, root / "vae", AutoencoderStageConfig(image_size=32, score_frames=2, train=train))
     temporal, classifier = default_runs()
     shutil.copytree(temporal.parent, root / "default")  # spatial, temporal and classifier, with relative links
     return root

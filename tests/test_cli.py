@@ -99,7 +99,7 @@ def test_info_counts_each_architecture_at_paper_scale():
 def cli_runs(synth_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     fast = ["--steps", 3, "--batch-size", 4, "--sample-every", 3, "--quiet"]
-    assert invoke("train-vae", "--data", synth_dataset, "--out", root / "vae", *fast).exit_code == 0
+    assert invoke("train-vae", "--data", synth_dataset, "--out", root / "vae", *fast, "--score-frames", 2).exit_code == 0
     result = invoke("train-spatial", "--data", synth_dataset, "--vae", root / "vae", "--out", root / "spatial", *fast,
                     "--sample-steps", 2)
     assert result.exit_code == 0

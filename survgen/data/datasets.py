@@ -9,13 +9,16 @@ workers.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from survgen.data.index import DatasetError, VideoIndex
+from survgen.data.synth import cue_mask_path
 from survgen.data.video import probe_video, read_frames
 
 
@@ -62,20 +65,53 @@ class ClipDataset(Dataset):
         return {"pixels": to_pixels(frames), "class_id": clip.class_id}
 
 
+@lru_cache(maxsize=64)  # the bundled dataset's 36 videos' masks: about 40 MB
+def _cue_masks(video: Path) -> np.ndarray | None:
+    path = cue_mask_path(video)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as stored:
+            return stored["masks"]
+    except (OSError, KeyError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read its cue masks ({e}); delete the file to train without them, "
+                           "or rewrite the dataset with `survgen data synth`") from e
+
+
+def cue_mask(video: Path, frame: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Float32 `(1, *shape)`: 1 on frame `frame`'s needle and thread pixels (`cue_mask_path`), else 0.
+
+    All zeros for a video without masks (real recordings have none). Masks
+    are resized by area and kept where at least half covered.
+    """
+    masks = _cue_masks(Path(video))
+    if masks is None:
+        return torch.zeros(1, *shape)
+    if frame >= len(masks):
+        raise DatasetError(f"{cue_mask_path(video)}: holds {len(masks)} frames' masks, but {video} has frame {frame}; "
+                           "the masks belong to another version of the video: rewrite the dataset")
+    mask = torch.from_numpy(masks[frame]).float()[None]
+    if tuple(mask.shape[-2:]) != tuple(shape):
+        mask = (F.interpolate(mask[None], size=tuple(shape), mode="area")[0] >= 0.5).float()
+    return mask
+
+
 class FrameDataset(Dataset):
     """Single frames for stage 1: every frame that some clip of the index covers, each once.
 
-    Item `i`: `{"pixels": float32 (3, H, W) in [-1, 1], "class_id": int}`.
+    Item `i`: `{"pixels": float32 (3, H, W) in [-1, 1], "class_id": int}`, and with
+    `cue_masks` also `"cue_mask"`: float32 (1, H, W) (`cue_mask`).
     Taking the clips' frames (rather than only the labelled ones) means the
     image model sees every frame the video model will later be trained on,
     and only frames inside one labelled action, so each has one class prompt.
     """
 
-    def __init__(self, index: VideoIndex, size: int | None = None):
+    def __init__(self, index: VideoIndex, size: int | None = None, *, cue_masks: bool = False):
         if len(index) == 0:
             raise DatasetError(f"{index.root}: the index holds no clips")
         self.index = index
         self.size = size
+        self.cue_masks = cue_masks
         self.videos = sorted({c.video for c in index.clips}, key=str)
         number = {video: k for k, video in enumerate(self.videos)}
         frames: dict[tuple[int, int], int] = {}
@@ -93,6 +129,9 @@ class FrameDataset(Dataset):
         return len(self.frame_numbers)
 
     def __getitem__(self, i: int) -> dict:
-        video = self.videos[int(self.video_numbers[i])]
-        frame = read_frames(video, [int(self.frame_numbers[i])], self.size)
-        return {"pixels": to_pixels(frame)[0], "class_id": int(self.class_ids[i])}
+        video, number = self.videos[int(self.video_numbers[i])], int(self.frame_numbers[i])
+        pixels = to_pixels(read_frames(video, [number], self.size))[0]
+        item = {"pixels": pixels, "class_id": int(self.class_ids[i])}
+        if self.cue_masks:
+            item["cue_mask"] = cue_mask(video, number, pixels.shape[-2:])
+        return item

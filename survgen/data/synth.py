@@ -26,6 +26,12 @@ a 60 fps recording does at stride 6.
 
 Segments are dealt so that G1, G6 and G7 are rare (4 % of segments each) and
 G2-G4 common, as in SAR-RARP50; every class gets at least one segment.
+
+Next to each video the generator knows where its cues are:
+`video_left.cue_masks.npz` (`cue_mask_path`) marks, per frame, the pixels of the needle and the moving
+thread that nothing in front hides. The autoencoder weights and scores its
+reconstruction on them (`survgen train-vae`): they are a few per cent of a
+frame, and the thin, coloured strokes the rare classes are about.
 """
 
 from __future__ import annotations
@@ -90,10 +96,11 @@ def synthesize_dataset(
     with atomic_folder(out) as tmp:
         for v, segments in enumerate(plan):
             video_rng = np.random.default_rng([seed, v])
-            frames, labels = render_video(segments, size, video_rng)
+            frames, masks, labels = render_video(segments, size, video_rng)
             folder = tmp / f"video_{v + 1:02d}"
             folder.mkdir()
             write_video(folder / "video_left.avi", frames, fps)
+            np.savez_compressed(cue_mask_path(folder / "video_left.avi"), masks=masks)
             (folder / "action_discrete.txt").write_text("".join(f"{f},{c}\n" for f, c in labels))
             if progress is not None:
                 progress(v + 1, len(plan))
@@ -147,6 +154,7 @@ def _readme(num_videos: int, size: int, seed: int, fps: float, plan) -> str:
         f"{num_videos} videos of {size}x{size} pixels at {fps:g} fps, SAR-RARP50 layout:",
         "  video_XX/video_left.avi       MJPEG, constant frame rate",
         "  video_XX/action_discrete.txt  'frame,class' for every 6th frame; a label holds until the next one",
+        "  video_XX/video_left.cue_masks.npz  per frame, the needle's and the thread's pixels (bool, frames x H x W)",
         "No classes.json: the eight SAR-RARP50 actions (G0-G7) apply.",
         "Segments per class: " + ", ".join(f"G{c} {n}" for c, n in enumerate(counts)),
         "Cartoon renderings, not real surgery: do not use them to judge a model on real data.",
@@ -155,18 +163,27 @@ def _readme(num_videos: int, size: int, seed: int, fps: float, plan) -> str:
 
 
 # ---------------------------------------------------------------- one video
+def cue_mask_path(video: str | Path) -> Path:
+    """Where the cue masks of `video` lie: beside it, `video_left.avi` → `video_left.cue_masks.npz`."""
+    video = Path(video)
+    return video.with_name(video.stem + ".cue_masks.npz")
+
+
 def render_video(segments: list[tuple[int, int]], size: int, rng: np.random.Generator):
-    """Frames uint8 `(n, size, size, 3)` and `[(frame, class_id)]` labels every `LABEL_STEP` frames."""
+    """Frames uint8 `(n, size, size, 3)`, their cue masks bool `(n, size, size)` and
+    `[(frame, class_id)]` labels every `LABEL_STEP` frames."""
     scene = Scene(size, rng, sum(n for _, n in segments))
-    frames, labels, t0 = [], [], 0
+    frames, masks, labels, t0 = [], [], [], 0
     for class_id, length in segments:
         params = SegmentParams.random(rng)
         for t in range(length):
             pose = ACTIONS[class_id](scene, params, t, length)
-            frames.append(scene.render(pose, t0 + t, rng))
+            frame, mask = scene.render(pose, t0 + t, rng)
+            frames.append(frame)
+            masks.append(mask)
         labels += [(f, class_id) for f in range(t0, t0 + length, LABEL_STEP)]
         t0 += length
-    return np.stack(frames), labels
+    return np.stack(frames), np.stack(masks), labels
 
 
 def _unit(angle: float) -> np.ndarray:
@@ -201,6 +218,7 @@ class _Stroke:
     shadow: int = 0  # darkness of its shadow, 0 (none) .. 255
     height: float = 0.0
     dot: bool = False
+    cue: bool = False  # part of the needle or the thread (`cue_masks.npz`)
 
     def paint(self, draw: ImageDraw.ImageDraw, fill, offset: float = 0.0) -> None:
         pts = [(float(x) + offset, float(y) + offset) for x, y in self.points]
@@ -344,8 +362,9 @@ class Scene:
         return img.astype(np.float32)
 
     # ---- one frame
-    def render(self, pose: Pose, frame_index: int, rng: np.random.Generator) -> np.ndarray:
-        """One uint8 frame: shadows on the tissue first, then thread, shafts, needle and jaws on top."""
+    def render(self, pose: Pose, frame_index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One uint8 frame: shadows on the tissue first, then thread, shafts, needle and jaws on top;
+        and its cue mask: the needle's and thread's pixels, at least half covered, that nothing hides."""
         S, m = self.S, self.margin
         dx, dy = self.jitter[frame_index]
         shift = np.array([-dx, -dy], np.float64)  # the scene moves opposite to the camera
@@ -358,18 +377,22 @@ class Scene:
         canvas = self.background[m + dy : m + dy + S, m + dx : m + dx + S]
         canvas = canvas * (1 - 0.5 * _blurred(shadow, SUPERSAMPLE))
         image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(image)
+        cues = Image.new("L", (S, S), 0)
+        draw, draw_cues = ImageDraw.Draw(image), ImageDraw.Draw(cues)
         for stroke in strokes:
             stroke.paint(draw, stroke.color)
+            stroke.paint(draw_cues, 255 if stroke.cue else 0)
         small = np.asarray(image.reduce(SUPERSAMPLE), np.float32)
         small = small * self.vignette + rng.normal(0, 1.5, small.shape).astype(np.float32)
-        return np.clip(small + 0.5, 0, 255).astype(np.uint8)
+        mask = np.asarray(cues.reduce(SUPERSAMPLE)) >= 128
+        return np.clip(small + 0.5, 0, 255).astype(np.uint8), mask
 
     def _strokes(self, pose: Pose, shift: np.ndarray) -> list[_Stroke]:
         """Everything drawn over the tissue, back to front: threads, shafts, needle (held in the jaws,
         so nearer the camera than the shafts), jaws."""
         S = self.S
-        strokes = [_Stroke(thread + shift, self.thread_color, max(1, round(0.02 * S)), shadow=110, height=2 * SUPERSAMPLE)
+        strokes = [_Stroke(thread + shift, self.thread_color, max(1, round(0.02 * S)), shadow=110,
+                           height=2 * SUPERSAMPLE, cue=True)
                    for thread in pose.threads]
         tools = [(self.left_entry, pose.left_tip, pose.left_jaw, "grasper"),
                  (self.right_entry, pose.right_tip, pose.right_jaw, pose.right_tool)]
@@ -400,9 +423,9 @@ class Scene:
                     continue
                 arc = np.stack([pose.needle_point(s) for s in np.linspace(s0, s1, max(3, int(20 * (s1 - s0))))]) + shift
                 glint = arc[len(arc) // 3 : len(arc) // 3 + max(2, len(arc) // 4)]
-                strokes += [_Stroke(arc, (40, 40, 48), width + SUPERSAMPLE, shadow=200, height=3 * SUPERSAMPLE),
-                            _Stroke(arc, (214, 218, 228), width),
-                            _Stroke(glint, (250, 250, 255), max(1, width // 2))]
+                strokes += [_Stroke(arc, (40, 40, 48), width + SUPERSAMPLE, shadow=200, height=3 * SUPERSAMPLE, cue=True),
+                            _Stroke(arc, (214, 218, 228), width, cue=True),
+                            _Stroke(glint, (250, 250, 255), max(1, width // 2), cue=True)]
         return strokes + jaws
 
 
@@ -612,7 +635,7 @@ def write_recording_fixture(folder: str | Path, *, width: int = 1920, height: in
     rng = np.random.default_rng(seed)
     lengths = [RECORDING_SEGMENT] * (num_frames // RECORDING_SEGMENT) + [num_frames % RECORDING_SEGMENT]
     segments = [(k % len(SEGMENT_SHARE), n) for k, n in enumerate(lengths) if n]
-    frames, labels = render_video(segments, 128, rng)
+    frames, _, labels = render_video(segments, 128, rng)
     path = folder / "video_left.avi"
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="avi") as container:
         if codec == "h264":

@@ -137,8 +137,29 @@ def tiny_tokenizer(vocabulary: ClassVocabulary, max_length: int = 32) -> CLIPTok
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def build_tiny(vocabulary: ClassVocabulary | None = None, seed: int = 0) -> SpatialModel:
-    """The `tiny` preset, randomly initialised (seeded) from config."""
+TINY_VAE_WIDTHS = (32, 64, 64)  # three blocks: latents are a quarter of the frame size
+TINY_LATENT_CHANNELS = 4
+
+
+def tiny_vae(widths: tuple[int, ...] = TINY_VAE_WIDTHS, latent_channels: int = TINY_LATENT_CHANNELS) -> AutoencoderKL:
+    """The tiny preset's autoencoder, untrained (`survgen train-vae` trains it)."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(widths),
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
+        block_out_channels=tuple(widths),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=16,
+        sample_size=TINY_IMAGE_SIZE,
+        scaling_factor=1.0,  # set from data by `survgen train-vae` (1 / std of the latents)
+    )
+
+
+def build_tiny(vocabulary: ClassVocabulary | None = None, seed: int = 0, vae: AutoencoderKL | None = None) -> SpatialModel:
+    """The `tiny` preset, randomly initialised (seeded) from config, around `vae` (a trained one, or
+    a fresh `tiny_vae()`): the U-Net takes the VAE's latent channels."""
     vocabulary = vocabulary or ClassVocabulary()
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(vocabulary)
@@ -155,22 +176,12 @@ def build_tiny(vocabulary: ClassVocabulary | None = None, seed: int = 0) -> Spat
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=TINY_IMAGE_SIZE,
-        scaling_factor=1.0,  # set from data by `survgen train-vae` (1 / std of the latents)
-    )
+    vae = vae if vae is not None else tiny_vae()
+    latent_channels = vae.config.latent_channels
     unet = UNet2DConditionModel(
-        sample_size=TINY_IMAGE_SIZE // 4,
-        in_channels=4,
-        out_channels=4,
+        sample_size=TINY_IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1),
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(32, 64, 96),

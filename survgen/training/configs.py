@@ -61,10 +61,27 @@ class AutoencoderStageConfig:
     """Stage 0 (`train-vae`, tiny preset only): the small VAE that SD ships and the tiny preset lacks."""
 
     image_size: int = 64
+    widths: tuple[int, ...] = (32, 64, 64)  # channels per block; n blocks make latents 2^(n-1) times smaller
+    latent_channels: int = 4
     kl_weight: float = 1e-6
+    cue_weight: float = 1.0  # weight of the L1 loss on needle/thread pixels, where the data has cue masks
+    score_frames: int = 32  # frames per class whose reconstruction is scored at each sample step
     clip_length: int = 16
     clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, ema_decay=0.0))
+
+    def __post_init__(self):
+        self.widths = tuple(int(w) for w in self.widths)  # JSON gives a list back
+        problems = []
+        if not self.widths or min(self.widths) < 16 or any(w % 16 for w in self.widths):
+            problems.append(f"widths must be multiples of 16 channels (the VAE's group norm; got {self.widths})")
+        for name in ("latent_channels", "score_frames"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.kl_weight < 0 or self.cue_weight < 0:
+            problems.append(f"kl_weight and cue_weight must not be negative (got {self.kl_weight}, {self.cue_weight})")
+        if problems:
+            raise ValueError("invalid autoencoder options: " + "; ".join(problems))
 
 
 @dataclass
@@ -127,7 +144,7 @@ class TemporalStageConfig:
 class ClassifierStageConfig:
     """`train-classifier`: the video classifier of rejection sampling, trained on the real clips."""
 
-    preset: str = "tiny"  # tiny | r3d18 (survgen.presets.CLASSIFIER_PRESETS)
+    preset: str = "tiny"  # tiny | r3d18 | x3d-xs | resnet-lstm | resnet18-lstm (survgen.presets.CLASSIFIER_PRESETS)
     image_size: int | None = None  # None: the preset's size
     clip_length: int = 16
     clip_fps: float | None = CLIP_FPS  # clip rate: each video's stride is round(fps / clip_fps); None: every frame

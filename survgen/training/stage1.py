@@ -22,7 +22,7 @@ from survgen.data.index import build_index
 from survgen.data.latent_cache import CachedFrameDataset, open_latent_cache
 from survgen.diffusion.objective import drop_conditions, noise_for_v_prediction, sample_latents
 from survgen.models.loading import load_vae
-from survgen.models.spatial import SpatialModel, build_spatial, check_image_size, save_spatial
+from survgen.models.spatial import SpatialModel, build_spatial, build_tiny, check_image_size, save_spatial
 from survgen.presets import NATIVE_IMAGE_SIZE
 from survgen.runs import RunInfo, relative_to_run
 from survgen.training.checkpoint import open_training_run, training_run
@@ -42,16 +42,16 @@ class SpatialTrainee(nn.Module):
 
 
 def starting_model(cfg: SpatialStageConfig, vocabulary) -> SpatialModel:
-    spatial = build_spatial(cfg.preset, pretrained=cfg.pretrained, tokenizer_path=cfg.tokenizer,
-                            vocabulary=vocabulary, seed=cfg.train.seed)
     if cfg.preset == "tiny" and cfg.pretrained is None:
         if cfg.vae is None:
             raise ValueError(
                 "the tiny preset needs a trained autoencoder: run `survgen train-vae --data DIR --out RUN_VAE` "
                 "first and pass --vae RUN_VAE"
             )
-        spatial.vae, _ = load_vae(vae=cfg.vae)
-    return spatial
+        vae, _ = load_vae(vae=cfg.vae)
+        return build_tiny(vocabulary, seed=cfg.train.seed, vae=vae)
+    return build_spatial(cfg.preset, pretrained=cfg.pretrained, tokenizer_path=cfg.tokenizer,
+                         vocabulary=vocabulary, seed=cfg.train.seed)
 
 
 def train_spatial(data: str | Path, out: str | Path, cfg: SpatialStageConfig, *, resume: bool = False,
