@@ -1,4 +1,5 @@
-"""`survgen data ...`: create the procedural dataset, inspect the class balance of any dataset, cache its latents.
+"""`survgen data ...`: create a procedural dataset (suturing, or staple line bleeding), inspect the class
+balance of any dataset, cache its latents.
 
 `stats` prints its table (or --json) to stdout; `synth` and `cache` the folder
 they made. Messages and progress go to stderr; input errors exit 2 (cli/errors.py).
@@ -18,30 +19,50 @@ from survgen.cli.common import AsJson, ClipFps, data_app, user_errors
 from survgen.console import progress_bar, say, show, text, warnings_shown
 
 
+TASKS = ("suturing", "slb")
+
+
 @data_app.command()
 @user_errors
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to create (must be empty or absent unless --overwrite).")],
-    num_videos: Annotated[int, typer.Option("--num-videos", min=1, help="Number of videos.")] = 36,
+    task: Annotated[str, typer.Option("--task", help="suturing: SAR-RARP50's eight actions (the paper's task 1) | slb: staple line bleeding, one label per video (task 2).")] = "suturing",
+    num_videos: Annotated[Optional[int], typer.Option("--num-videos", min=1, help="Number of videos.", show_default="suturing 36, slb 48")] = None,
     size: Annotated[int, typer.Option("--size", min=16, help="Frame width and height in pixels.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same dataset.")] = 0,
-    frames_per_video: Annotated[int, typer.Option("--frames-per-video", min=30, help="About this many frames per video.")] = 270,
+    frames_per_video: Annotated[Optional[int], typer.Option("--frames-per-video", min=16, help="Frames per video (suturing: about this many, at least 30).", show_default="suturing 270, slb 64")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
 ):
-    """Write the procedural suturing dataset (SAR-RARP50 layout, eight actions, G1/G6/G7 rare).
+    """Write a procedural dataset in the SAR-RARP50 layout: suturing (eight actions, G1/G6/G7 rare) or slb
+    (stapler transections, 20 % of the videos with staple line bleeding, a classes.json with SLB0/SLB1).
 
-    Example: survgen data synth --out data/synth
+    Examples:
+      survgen data synth --out data/synth
+      survgen data synth --task slb --out data/slb
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from survgen.data.synth import synthesize_dataset
+    if task not in TASKS:
+        raise ValueError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
+    if task == "suturing":
+        from survgen.data.synth import synthesize_dataset as synthesize
+
+        num_videos, frames_per_video = num_videos or 36, frames_per_video or 270
+        if frames_per_video < 30:
+            raise ValueError(f"--frames-per-video {frames_per_video}: the suturing task needs at least 30 "
+                             "(one action segment)")
+    else:
+        from survgen.data.synth_slb import FRAMES_PER_VIDEO, NUM_VIDEOS
+        from survgen.data.synth_slb import synthesize_slb as synthesize
+
+        num_videos, frames_per_video = num_videos or NUM_VIDEOS, frames_per_video or FRAMES_PER_VIDEO
 
     began = time.perf_counter()
     with progress_bar(TextColumn("synthesizing videos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task("videos", total=num_videos)
-        synthesize_dataset(out, num_videos=num_videos, size=size, seed=seed, frames_per_video=frames_per_video,
-                           overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done))
-    say(f"wrote {num_videos} videos of {size}x{size} (seed {seed}) in {time.perf_counter() - began:.1f} s; "
+        progress = bar.add_task("videos", total=num_videos)
+        synthesize(out, num_videos=num_videos, size=size, seed=seed, frames_per_video=frames_per_video,
+                   overwrite=overwrite, progress=lambda done, total: bar.update(progress, completed=done))
+    say(f"wrote {num_videos} {task} videos of {size}x{size} (seed {seed}) in {time.perf_counter() - began:.1f} s; "
         f"see the class balance with: survgen data stats {out}")
     typer.echo(str(out))
 

@@ -12,7 +12,8 @@ NATIVE_IMAGE_SIZE = {"tiny": 64, "sd15": 256}  # the frame size each preset trai
 BASELINES = ("lvdm", "endora")  # the paper's baselines, trained whole in survgen's latent space
 ARCHS = ("survgen",) + BASELINES
 
-CLASSIFIER_ARCHS = ("r3d", "x3d")
+CLASSIFIER_ARCHS = ("r3d", "x3d", "resnet-lstm")
+CLASSIFIER_ARCH_NAMES = {"r3d": "3D ResNet", "x3d": "X3D", "resnet-lstm": "ResNet-LSTM"}  # as reports name them
 CLASSIFIER_PRESETS = {
     # CPU-sized 3D ResNet: trains on the bundled procedural dataset in minutes
     "tiny": dict(arch="r3d", widths=(16, 32, 64, 128), image_size=64),
@@ -20,6 +21,10 @@ CLASSIFIER_PRESETS = {
     "r3d18": dict(arch="r3d", widths=(64, 128, 256, 512), image_size=112),
     # X3D-XS's network and frame size (3.8M parameters); its 4-frame input is --clip-length 4
     "x3d-xs": dict(arch="x3d", widths=(24, 48, 96, 192), depths=(3, 5, 11, 7), image_size=160),
+    # the paper's task-2 recogniser (per-frame 2D ResNet, LSTM, linear head), CPU-sized for the bundled SLB data
+    "resnet-lstm": dict(arch="resnet-lstm", widths=(16, 32, 64, 128), image_size=64),
+    # the same with resnet18's widths and a 112 px frame (11.2M ResNet + 2.1M LSTM parameters)
+    "resnet18-lstm": dict(arch="resnet-lstm", widths=(64, 128, 256, 512), image_size=112),
 }
 
 

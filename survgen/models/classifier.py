@@ -1,8 +1,9 @@
 """The clip classifiers: their config, what they share (`VideoClassifier`), and the 3D ResNet.
 
 The 3D ResNet (`arch` r3d) is the classifier of rejection sampling. X3D
-(`survgen.models.x3d`), the downstream test's default recogniser, shares the
-config and the base class. The 3D ResNet is laid out as torchvision's `r3d_18` (Tran et al., "A Closer Look at
+(`survgen.models.x3d`), the downstream test's default recogniser, and the
+ResNet-LSTM (`survgen.models.resnet_lstm`), the paper's task-2 recogniser,
+share the config and the base class. The 3D ResNet is laid out as torchvision's `r3d_18` (Tran et al., "A Closer Look at
 Spatiotemporal Convolutions", 2018): a 3×7×7 stem that halves the frame size,
 four stages of two `BasicBlock3D`s (3×3×3 convolutions with a residual
 shortcut), the last three stages halving frames, height and width, then global
@@ -37,7 +38,8 @@ class ClassifierConfig:
     """How a classifier is built and what input it expects. Saved next to its weights."""
 
     num_classes: int = 8
-    arch: str = "r3d"  # r3d: the 3D ResNet below | x3d: X3D (survgen.models.x3d)
+    # r3d: the 3D ResNet below | x3d: X3D (survgen.models.x3d) | resnet-lstm: ResNet-LSTM (survgen.models.resnet_lstm)
+    arch: str = "r3d"
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     depths: tuple[int, int, int, int] = (2, 2, 2, 2)  # blocks per stage
     image_size: int = 64  # frames are resized to image_size × image_size

@@ -22,6 +22,7 @@ from survgen.classes import ClassVocabulary
 from survgen.config import config_file, config_to_dict, read_config
 from survgen.io import atomic_folder, load_safetensors, save_safetensors
 from survgen.models.classifier import ClassifierConfig, ResNet3DClassifier, VideoClassifier
+from survgen.models.resnet_lstm import ResNetLSTMClassifier
 from survgen.models.spatial import SpatialModel, load_spatial
 from survgen.models.video_base import VideoModel
 from survgen.models.video_models import video_model_config, video_model_from_config
@@ -108,9 +109,12 @@ def load_video_model(run_folder: str | Path) -> tuple[VideoModel, SpatialModel, 
 
 
 # ---------------------------------------------------------------- classifiers
+CLASSIFIERS = {"r3d": ResNet3DClassifier, "x3d": X3DClassifier, "resnet-lstm": ResNetLSTMClassifier}  # by `arch`
+
+
 def build_classifier(config: ClassifierConfig) -> VideoClassifier:
     """A fresh clip classifier of `config.arch`."""
-    return X3DClassifier(config) if config.arch == "x3d" else ResNet3DClassifier(config)
+    return CLASSIFIERS[config.arch](config)
 
 
 def save_classifier(model: VideoClassifier, folder: Path) -> None:
