@@ -131,7 +131,7 @@ def downstream_command(
     seeds: Annotated[list[int], typer.Option("--seed", help="Training seed; repeatable; the paired intervals need at least 2.")] = DOWNSTREAM.seeds,
     rejection: Annotated[list[str], typer.Option("--rejection", help="Rejection rule of an arm: top-K (class in the classifier's K most probable) or p>=X (its probability at least X); repeatable.")] = DOWNSTREAM.rejection,
     without_rs: Annotated[bool, typer.Option("--without-rs/--no-without-rs", help="For each rule, also train the arm of as many first candidates, accepted or not (needs the rejected videos kept).")] = DOWNSTREAM.without_rejection,
-    preset: Annotated[str, typer.Option("--preset", help="Recogniser: x3d-xs (X3D, as in the paper; not the rejection classifier's network) | tiny | r3d18 (3D ResNets).")] = DOWNSTREAM.classifier.preset,
+    preset: Annotated[str, typer.Option("--preset", help="Recogniser: x3d-xs (X3D, as in the paper's task 1; not the rejection classifier's network) | tiny | r3d18 (3D ResNets) | resnet-lstm | resnet18-lstm (ResNet-LSTM, the paper's task 2).")] = DOWNSTREAM.classifier.preset,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Frame size the recogniser sees (default: the preset's).")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps, the same for every arm.")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per step, the same for every arm.")] = 16,
@@ -170,17 +170,22 @@ def downstream_command(
 
 def _downstream_table(results: dict, seeds: int) -> Table:
     """Each arm's headline scores and rare-class Jaccard, with the paired difference against real."""
-    from survgen.evaluation.report import mean_std_text, signed
+    from survgen.classes import ClassVocabulary
+    from survgen.evaluation.configs import BINARY_HEADLINE
+    from survgen.evaluation.report import headline_name, mean_std_text, signed
 
     summary, real = results["summary"], results["arms"][0]["name"]
     rare = sorted({c for arm in results["arms"] for c in arm.get("synthetic_clips", {})})
     table = Table(title=text(f"test videos: {results['test']['points']} time points ({seeds} seeds); "
                              "(Δ against real, paired: gain/loss outside the 95 % interval, ~ within noise)"))
+    binary = [k for k in BINARY_HEADLINE if k in summary[real]]  # a two-class task: the event's F1 (per video)
+    vocabulary = ClassVocabulary.from_dict(results["vocabulary"])
     table.add_column("arm")
-    for column in ["balanced acc.", "macro F1"] + [f"Jaccard {c}" for c in rare]:
+    for column in (["balanced acc.", "macro F1"] + [headline_name(k, vocabulary) for k in binary]
+                   + [f"Jaccard {c}" for c in rare]):
         table.add_column(column, justify="right")
     for name, entry in summary.items():
-        cells = [mean_std_text(entry["balanced_accuracy"]), mean_std_text(entry["macro_f1"])]
+        cells = [mean_std_text(entry[k]) for k in ["balanced_accuracy", "macro_f1"] + binary]
         for code in rare:
             cell = mean_std_text(entry["per_class"][code]["jaccard"])
             if name != real:

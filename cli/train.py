@@ -17,7 +17,7 @@ from rich.table import Table
 from survgen.cli.common import (AttentionBackend, ClipFps, DataDir, OutDir, Quiet, Resume, Workers, app,
                                 attention_backend, data_dir, open_run, print_result, stage_config, training_progress,
                                 user_errors)
-from survgen.console import stderr, text
+from survgen.console import say, stderr, text
 from survgen.training.configs import (AutoencoderStageConfig, ClassifierStageConfig, SpatialStageConfig,
                                       TemporalStageConfig)
 
@@ -47,6 +47,9 @@ def train_vae(
     data: DataDir = None,
     resume: Resume = False,
     image_size: Annotated[int, typer.Option(min=8, help="Frame size the VAE is trained at.")] = VAE.image_size,
+    latent_channels: Annotated[int, typer.Option(min=1, help="Channels of the latents (SD's VAE: 4); stage 1's U-Net takes as many.")] = VAE.latent_channels,
+    cue_weight: Annotated[float, typer.Option(min=0.0, help="Weight of an L1 term on the needle and thread pixels, where the data marks them (`survgen data synth` does; real recordings do not).")] = VAE.cue_weight,
+    score_frames: Annotated[int, typer.Option(min=1, help="Frames per class whose reconstruction is scored at each sample step.")] = VAE.score_frames,
     clip_fps: ClipFps = VAE.clip_fps, workers: Workers = None,
     steps: Steps = VAE.train.steps, batch_size: BatchSize = VAE.train.batch_size, lr: LearningRate = VAE.train.lr,
     grad_accum: GradAccum = VAE.train.grad_accum, mixed_precision: MixedPrecision = VAE.train.mixed_precision,
@@ -55,14 +58,18 @@ def train_vae(
 ):
     """Stage 0 (tiny preset only): train the small autoencoder on the dataset's frames.
 
+    Its reconstruction PSNR, over all pixels and over the needle and thread
+    pixels, per class, lands in OUT/reconstruction.json at every sample step.
+
     Example: survgen train-vae --data data/synth --out runs/vae
     """
     stored = open_run(out, "vae", resume)
     cfg, data = stage_config(ctx, AutoencoderStageConfig, stored, WORKERS), data_dir(data, stored)
-    from survgen.training.autoencoder import train_autoencoder  # torch: only once the request is checked
+    from survgen.training.autoencoder import describe_reconstruction, train_autoencoder  # torch: once checked
 
     with training_progress(not quiet) as progress:
         result = train_autoencoder(data, out, cfg, resume=resume, progress=progress)
+    say(describe_reconstruction(out))
     print_result(result, out)
 
 
@@ -157,8 +164,8 @@ def train_classifier(
     out: OutDir,
     data: DataDir = None,
     resume: Resume = False,
-    preset: Annotated[str, typer.Option(help="tiny (CPU-sized) | r3d18 (ResNet3D-18 widths, 112 px).")] = CLASSIFIER.preset,
-    image_size: Annotated[Optional[int], typer.Option(min=8, help="Frame size the classifier sees.", show_default="the preset's: tiny 64, r3d18 112")] = None,
+    preset: Annotated[str, typer.Option(help="tiny (CPU-sized 3D ResNet) | r3d18 (ResNet3D-18 widths, 112 px) | x3d-xs (X3D-XS, 160 px) | resnet-lstm (CPU-sized ResNet-LSTM) | resnet18-lstm (resnet18 widths, 112 px).")] = CLASSIFIER.preset,
+    image_size: Annotated[Optional[int], typer.Option(min=8, help="Frame size the classifier sees.", show_default="the preset's: tiny 64, r3d18 112, x3d-xs 160, resnet-lstm 64, resnet18-lstm 112")] = None,
     clip_length: Annotated[int, typer.Option(min=1, help="Frames per clip.")] = CLASSIFIER.clip_length,
     clip_fps: ClipFps = CLASSIFIER.clip_fps, workers: Workers = None,
     val_fraction: Annotated[float, typer.Option(min=0.0, max=0.95, help="Share of recordings held out for validation (split by video, never by clip).")] = CLASSIFIER.val_fraction,

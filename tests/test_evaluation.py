@@ -45,6 +45,20 @@ def test_binary_tasks_report_the_positive_class_f1():
     assert s["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
 
 
+def test_video_level_tasks_are_also_scored_per_video_by_majority_vote():
+    # v1, v2 negative; v3, v4 bleeding. Votes: v1 0 (1 of 3 says 1), v2 1 (tie goes to the event),
+    # v3 1 (2 of 3), v4 0 (0 of 2).
+    truth = [0, 0, 0] + [0, 0] + [1, 1, 1] + [1, 1]
+    predicted = [0, 1, 0] + [1, 0] + [1, 0, 1] + [0, 0]
+    videos = ["v1"] * 3 + ["v2"] * 2 + ["v3"] * 3 + ["v4"] * 2
+    s = scores(truth, predicted, videos, BINARY)
+    assert s["video_balanced_accuracy"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert s["video_f1_positive"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    assert s["balanced_accuracy"] == pytest.approx((3 / 5 + 2 / 5) / 2)  # per time point: not the same
+    mixed = scores([0, 1], [0, 1], ["v", "v"], BINARY)  # a video with two labels: no per-video reading
+    assert "video_balanced_accuracy" not in mixed and mixed["f1_positive"] == 1.0
+
+
 def test_mean_std_is_the_sample_standard_deviation_over_defined_values():
     assert mean_std([1.0, 2.0, 3.0, None]) == {"mean": 2.0, "std": 1.0, "n": 3}
     assert mean_std([None]) == {"mean": None, "std": None, "n": 0}

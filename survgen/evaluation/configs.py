@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from survgen.training.configs import ClassifierStageConfig, TrainConfig
 
 
+# Two-class scores besides balanced accuracy: the event's F1 over time points, and both per video (where each
+# test video has one label, as in staple line bleeding).
+BINARY_HEADLINE = ("f1_positive", "video_balanced_accuracy", "video_f1_positive")
+
+
 class DownstreamError(ValueError):
     """A downstream request that cannot be run as given."""
 

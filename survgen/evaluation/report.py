@@ -30,8 +30,10 @@ from survgen.classes import ClassVocabulary
 from survgen.data.datasets import to_pixels
 from survgen.data.index import build_index
 from survgen.data.stats import class_balance_plot
+from survgen.evaluation.configs import BINARY_HEADLINE
 from survgen.data.video import read_frames, write_video
 from survgen.io import PNG_SOFTWARE, atomic_path, shown_path, write_text_atomic
+from survgen.presets import CLASSIFIER_ARCH_NAMES, CLASSIFIER_PRESETS
 from survgen.visualize import grid, save_png, to_uint8
 
 REPORT = "report.md"
@@ -266,7 +268,7 @@ def _setup_section(results: dict) -> list[str]:
              f"- real training data: `{request['real']}` ({len(results['train']['videos'])} recordings)",
              f"- test data: {test} ({len(results['test']['videos'])} recordings, {results['test']['points']} "
              f"labelled time points, one every {config['test_step']} frames)",
-             f"- recogniser: preset `{clf['preset']}`{size} (X3D unless the preset is a 3D ResNet's: tiny, r3d18; the "
+             f"- recogniser: preset `{clf['preset']}`{size} ({_recogniser(clf['preset'])}; the "
              f"rejection classifier is a 3D ResNet), {clf['clip_length']}-frame "
              f"clips; {clf['train']['steps']} steps × batch {clf['train']['batch_size']}, lr {clf['train']['lr']}, "
              f"class balance `{clf['balance']}`; the same budget for every arm",
@@ -277,13 +279,30 @@ def _setup_section(results: dict) -> list[str]:
     return lines + [markdown_table(["arm", "synthetic clips added", "rejection rule"], rows, "lll"), ""]
 
 
+def _recogniser(preset: str) -> str:
+    """The network behind a classifier preset, in words (a preset this version lacks is named as it is)."""
+    arch = CLASSIFIER_PRESETS.get(preset, {}).get("arch")
+    return CLASSIFIER_ARCH_NAMES.get(arch, f"preset {preset}")
+
+
+def headline_name(key: str, vocabulary: ClassVocabulary) -> str:
+    """`f1_positive` → "F1 SLB1", `video_balanced_accuracy` → "balanced accuracy per video", ..."""
+    name = key.removeprefix("video_")
+    name = f"F1 {vocabulary.code(1)}" if name == "f1_positive" else name.replace("_", " ")
+    return name + " per video" if key.startswith("video_") else name
+
+
 def _results_section(results: dict, vocabulary: ClassVocabulary, folder: Path) -> list[str]:
     """The headline scores of each arm (mean ± std over seeds), then Jaccard and F1 per class with plots."""
     summary = results["summary"]
-    headline = ["balanced_accuracy", "macro_f1", "accuracy"] + (["f1_positive"] if len(vocabulary) == 2 else [])
+    first = next(iter(summary.values()))
+    headline = ["balanced_accuracy", "macro_f1", "accuracy"] + [k for k in BINARY_HEADLINE if k in first]
     rows = [[arm] + [mean_std_text(summary[arm][k]) for k in headline] for arm in summary]
-    lines = ["## Results on the test videos", "",
-             markdown_table(["arm"] + [k.replace("_", " ") for k in headline], rows), ""]
+    header = [headline_name(k, vocabulary) for k in headline]
+    lines = ["## Results on the test videos", "", markdown_table(["arm"] + header, rows), ""]
+    if "video_balanced_accuracy" in first:
+        lines += ["Per video: each test video's majority prediction over its time points against its one label "
+                  "(the paper's task 2 is judged per video).", ""]
     for metric, title in (("jaccard", "Jaccard index per class (video-wise, as in the paper)"),
                           ("f1", "F1 per class (all test time points)")):
         lines += _per_class_scores(results, vocabulary, metric, title, folder)
@@ -321,7 +340,8 @@ def interval_text(d: dict) -> str:
 
 def _noise_section(results: dict, vocabulary: ClassVocabulary) -> list[str]:
     """Each arm against real, and each rule's arm against its matched arm without rejection sampling: the paired
-    difference over seeds with its 95 % interval, for every rare class's Jaccard and the balanced accuracy."""
+    difference over seeds with its 95 % interval, for every rare class's Jaccard, the balanced accuracy and, in a
+    two-class task, the event class's F1."""
     summary = results["summary"]
     rare = synthetic_classes(results["arms"], [vocabulary.code(c) for c in range(len(vocabulary))])
     rows = []
@@ -329,6 +349,8 @@ def _noise_section(results: dict, vocabulary: ClassVocabulary) -> list[str]:
         for other, paired in entry.get("paired", {}).items():
             cells = [(f"Jaccard {code}", paired["per_class"][code]["jaccard"]) for code in rare]
             cells.append(("balanced accuracy", paired["balanced_accuracy"]))
+            # a two-class task: the event's F1, and both per video, are headlines too
+            cells += [(headline_name(k, vocabulary), paired[k]) for k in BINARY_HEADLINE if k in paired]
             rows += [[arm, other, what, interval_text(d), str(d["n"]), d["verdict"]] for what, d in cells]
     if not rows:
         return []
