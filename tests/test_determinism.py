@@ -93,4 +93,6 @@ def test_two_runs_with_the_same_seed_write_the_same_files(video_model, temporal_
     regrouped = make("c", 3)  # one batch [0, 1, 2]: another request, the same videos up to rounding
     for f in files:
         difference = read_frames(once / f, range(8)).astype(int) - read_frames(regrouped / f, range(8)).astype(int)
-        assert np.abs(difference).max() <= 3, f  # one level before encoding; H.264 at CRF 18 spreads it a little
+        # One level before encoding (the test above); H.264 at CRF 18 may code a block another way over it,
+        # which moves a few pixels further but not the video (different videos differ by tens of levels).
+        assert np.abs(difference).mean() < 0.5 and (np.abs(difference) > 3).mean() < 0.01, f
