@@ -57,7 +57,7 @@ def test_temporal_resume_equals_uninterrupted(synth_dataset, spatial_run, tmp_pa
     spatial_out, _ = spatial_run
 
     def cfg(steps):
-        return TemporalStageConfig(classes=["G1"], train=fast_train(steps=steps, batch_size=2, checkpoint_every=2,
+        return TemporalStageConfig(classes=["G1"], sample_steps=2, train=fast_train(steps=steps, batch_size=2, checkpoint_every=2,
                                                                  ema_decay=0.9))
 
     whole = train_temporal(synth_dataset, spatial_out, tmp_path / "whole", cfg(4))
@@ -148,4 +148,4 @@ def test_stage2_refuses_a_raw_epsilon_prediction_folder(synth_dataset, spatial_r
     assert not (tmp_path / "t").exists()
     # the stage-1 export itself is v-prediction and is accepted as --spatial
     train_temporal(synth_dataset, spatial_run[0] / "model", tmp_path / "ok",
-                   TemporalStageConfig(train=fast_train(steps=1, batch_size=1)))
+                   TemporalStageConfig(sample_steps=2, train=fast_train(steps=1, batch_size=1)))
