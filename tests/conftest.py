@@ -16,6 +16,18 @@ def synth_dataset(tmp_path_factory) -> Path:
     return synthesize_dataset(tmp_path_factory.mktemp("data") / "synth", **SYNTH_OPTIONS)
 
 
+def dataset_contents(root: Path) -> dict:
+    """Per video folder of a SAR-RARP50-layout dataset: its label lines and its decoded frames."""
+    from survgen.data.video import probe_video, read_frames
+
+    out = {}
+    for folder in sorted(root.glob("video_*")):
+        video = folder / "video_left.avi"
+        out[folder.name] = ((folder / "action_discrete.txt").read_text(),
+                            read_frames(video, range(probe_video(video).num_frames)))
+    return out
+
+
 def fast_train(**kw):
     """Training options for tests: small batches, no EMA, no checkpoints or samples unless asked."""
     from survgen.training.configs import TrainConfig

@@ -16,12 +16,12 @@ from survgen.config import read_config
 from survgen.data.index import build_index
 from survgen.data.synth import DATASET_MARKER
 from survgen.data.synth_slb import BLEEDING, SLB_CLASSES, plan_bleeding, synthesize_slb
-from survgen.data.video import probe_video, read_frames
 from survgen.io import OutputPathError, load_safetensors
 from survgen.models.classifier import ClassifierConfig
 from survgen.models.loading import (CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, build_classifier, load_classifier,
                                     save_classifier)
 from survgen.models.resnet_lstm import ResNetLSTMClassifier
+from tests.conftest import dataset_contents
 
 TINY = dict(num_videos=10, frames_per_video=30, size=32)  # two of the ten bleed
 runner = CliRunner()
@@ -30,16 +30,6 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def slb_dataset(tmp_path_factory):
     return synthesize_slb(tmp_path_factory.mktemp("slb") / "data", seed=3, **TINY)
-
-
-def _videos(root):
-    """Per video folder: its label lines and its decoded frames."""
-    out = {}
-    for folder in sorted(root.glob("video_*")):
-        video = folder / "video_left.avi"
-        out[folder.name] = ((folder / "action_discrete.txt").read_text(),
-                            read_frames(video, range(probe_video(video).num_frames)))
-    return out
 
 
 def _class_of(labels: str) -> int:
@@ -51,9 +41,9 @@ def _class_of(labels: str) -> int:
 # ---------------------------------------------------------------- the dataset
 def test_same_seed_gives_the_same_dataset_and_another_seed_a_different_one(tmp_path):
     options = dict(num_videos=3, frames_per_video=16, size=32)
-    a = _videos(synthesize_slb(tmp_path / "a", seed=5, **options))
-    b = _videos(synthesize_slb(tmp_path / "b", seed=5, **options))
-    c = _videos(synthesize_slb(tmp_path / "c", seed=6, **options))
+    a = dataset_contents(synthesize_slb(tmp_path / "a", seed=5, **options))
+    b = dataset_contents(synthesize_slb(tmp_path / "b", seed=5, **options))
+    c = dataset_contents(synthesize_slb(tmp_path / "c", seed=6, **options))
     assert a.keys() == b.keys() == c.keys() and len(a) == 3
     for name in a:
         assert a[name][0] == b[name][0]
@@ -67,7 +57,7 @@ def test_two_classes_with_bleeding_rare_and_readable_by_the_index(slb_dataset):
     assert SLB_CLASSES.prompt(BLEEDING) == "a complication of staple line bleeding"  # the paper's prompt
     assert (slb_dataset / DATASET_MARKER).is_file()
     assert "staple line bleeding" in (slb_dataset / "README.txt").read_text()
-    videos = _videos(slb_dataset)
+    videos = dataset_contents(slb_dataset)
     classes = [_class_of(labels) for labels, _ in videos.values()]
     assert classes.count(BLEEDING) == 2 and classes.count(0) == 8
     for labels, frames in videos.values():
@@ -97,7 +87,7 @@ def _red_share(frame: np.ndarray) -> float:
 def test_bleeding_videos_show_red_blood_spreading_and_the_others_do_not(slb_dataset):
     """Fresh red blood comes and spreads in every bleeding video; in the others red stays still and scarce."""
     growth = {True: [], False: []}
-    for labels, frames in _videos(slb_dataset).values():
+    for labels, frames in dataset_contents(slb_dataset).values():
         growth[_class_of(labels) == BLEEDING].append(_red_share(frames[-1]) - _red_share(frames[0]))
     assert min(growth[True]) > 0.01, growth
     assert max(np.abs(growth[False])) < 0.003, growth
@@ -183,7 +173,7 @@ def test_synth_slb_then_train_a_resnet_lstm_from_the_command_line(tmp_path):
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(data) and ClassVocabulary.for_folder(data) == SLB_CLASSES
-    assert sum(_class_of(labels) for labels, _ in _videos(data).values()) == 1  # round(0.2 × 5)
+    assert sum(_class_of(labels) for labels, _ in dataset_contents(data).values()) == 1  # round(0.2 × 5)
 
     wrong = runner.invoke(app, ["data", "synth", "--task", "bleeding", "--out", str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "--task" in wrong.stderr and "slb" in wrong.stderr

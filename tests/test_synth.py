@@ -7,24 +7,15 @@ from survgen.data.index import build_index
 from survgen.data.synth import LABEL_STEP, SEGMENT_SHARE, plan_segments, synthesize_dataset
 from survgen.data.video import probe_video, read_frames
 from survgen.io import OutputPathError
+from tests.conftest import dataset_contents
 
 TINY = dict(num_videos=4, frames_per_video=90, size=32)  # 8 segments: one per class
 
 
-def _contents(root):
-    """Every label file's text and every video's decoded frames, by folder name."""
-    out = {}
-    for folder in sorted(root.glob("video_*")):
-        video = folder / "video_left.avi"
-        out[folder.name] = ((folder / "action_discrete.txt").read_text(),
-                            read_frames(video, range(probe_video(video).num_frames)))
-    return out
-
-
 def test_same_seed_gives_the_same_dataset_and_another_seed_a_different_one(tmp_path):
-    a = _contents(synthesize_dataset(tmp_path / "a", seed=5, **TINY))
-    b = _contents(synthesize_dataset(tmp_path / "b", seed=5, **TINY))
-    c = _contents(synthesize_dataset(tmp_path / "c", seed=6, **TINY))
+    a = dataset_contents(synthesize_dataset(tmp_path / "a", seed=5, **TINY))
+    b = dataset_contents(synthesize_dataset(tmp_path / "b", seed=5, **TINY))
+    c = dataset_contents(synthesize_dataset(tmp_path / "c", seed=6, **TINY))
     assert a.keys() == b.keys() == c.keys() and len(a) == 4
     for name in a:
         assert a[name][0] == b[name][0]
