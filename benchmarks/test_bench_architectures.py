@@ -4,16 +4,17 @@
   encoding, sampling with guidance, VAE decoding) for the three video models at
   the same frame size, sampler and step count;
 - inference, end to end: each with the sampling it was published with
-  (`PUBLISHED_SAMPLING`: survgen DDIM 25 steps at 256 px, LVDM DDIM 50 at
+  (`PUBLISHED_SAMPLING`: survgen `generate`'s defaults at 256 px, LVDM DDIM 50 at
   256 px, Endora ancestral DDPM 250 at 128 px; the tiny preset scales the
-  frame sizes by 64/256);
+  frame sizes by 64/256), and survgen with the reference sampling (DDIM 25,
+  no step savings: the default before the sampler sweep);
 - training: one stage-2 optimizer step (VAE encoding, v-loss, backward, AdamW)
   of 2 clips × 16 frames at the same frame size: survgen trains its temporal
   blocks on the frozen spatial U-Net, the baselines their whole model; with
   the memory it takes (GPU: peak allocated; CPU: weights, gradients, AdamW state
   and the activations saved for backward);
-- `generate` with rejection sampling (top-3) on the shipped model: accepted
-  videos per minute, against `--reject-topk 0`;
+- `generate --class G7 --reject-topk 3` on the shipped model: accepted videos
+  per minute with the defaults, against the reference sampling;
 - the cost of one video at paper scale with each model's published sampling,
   in FLOPs counted on the meta device (`survgen.models.counts.sampling_flops`):
   a cost model that any machine can compute, not a timing.
@@ -34,8 +35,8 @@ import torch
 from survgen.classes import ClassVocabulary
 from survgen.diffusion.video_sampler import VideoSampler
 from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SpatialModel, build_tiny
-from survgen.models.video_models import FAST_SAMPLING, build_video_model, published_sampling
-from survgen.presets import ARCHS, NATIVE_IMAGE_SIZE
+from survgen.models.video_models import build_video_model, published_sampling
+from survgen.presets import ARCHS, DEFAULT_SAMPLING, NATIVE_IMAGE_SIZE, REFERENCE_SAMPLING
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESETS = [pytest.param("tiny", id="tiny"),
@@ -80,16 +81,16 @@ def _label(arch: str) -> str:
     return {"survgen": "survgen", "lvdm": "lvdm-style", "endora": "endora-style"}[arch]
 
 
-def _sample(benchmark, arch, preset, *, image_size, sampler, steps, quick):
+def _sample(benchmark, arch, preset, *, image_size, quick, **sampling):
     videos = 1 if quick else 2
     frames = 4 if quick else 16
     model = video_model(arch, preset, image_size)
     run = VideoSampler(model, spatial_model(preset), VOCABULARY)
-    benchmark.extra_info.update(arch=arch, label=_label(arch), videos=videos, frames=frames, sampler=sampler,
-                                steps=steps, image_size=image_size, role="baseline" if arch == "survgen" else None)
+    benchmark.extra_info.update(arch=arch, label=_label(arch), videos=videos, frames=frames, **sampling,
+                                image_size=image_size, role="baseline" if arch == "survgen" else None)
 
     def generate():
-        run.sample([6] * videos, list(range(videos)), num_frames=frames, steps=steps, guidance=3.0, sampler=sampler)
+        run.sample([6] * videos, list(range(videos)), num_frames=frames, guidance=3.0, **sampling)
         _synchronize()
 
     benchmark.pedantic(generate, rounds=1 if quick else 3, warmup_rounds=0 if quick else 1)
@@ -103,20 +104,32 @@ def test_inference_same_sampler(benchmark, quick, preset, arch):
     _sample(benchmark, arch, preset, image_size=size, sampler="ddim", steps=steps, quick=quick)
 
 
-SAMPLINGS = [pytest.param(arch, False, id=arch) for arch in ARCHS] + [pytest.param("survgen", True, id="survgen-fast")]
+SAMPLINGS = [pytest.param(arch, False, id=arch) for arch in ARCHS] + [
+    pytest.param("survgen", True, id="survgen-reference")]
 
 
-@pytest.mark.parametrize("arch, fast", SAMPLINGS)
+def sampling_words(sampling: dict) -> str:
+    """e.g. "dpm++ 8, cache 2, guidance t<=700"."""
+    words = f"{sampling['sampler']} {sampling['steps']}"
+    if sampling.get("cache_interval", 1) > 1:
+        words += f", cache {sampling['cache_interval']}"
+    if sampling.get("guidance_interval"):
+        words += f", guidance {sampling['guidance_interval'][0]}<=t<={sampling['guidance_interval'][1]}"
+    return words
+
+
+@pytest.mark.parametrize("arch, reference", SAMPLINGS)
 @pytest.mark.parametrize("preset", PRESETS)
-def test_inference_published_defaults(benchmark, quick, preset, arch, fast):
-    sampling = {**published_sampling(arch, preset), **(FAST_SAMPLING if fast else {})}
-    size = sampling["image_size"]
-    steps = 1 if quick else sampling["steps"]
+def test_inference_published_defaults(benchmark, quick, preset, arch, reference):
+    sampling = {**published_sampling(arch, preset), **(REFERENCE_SAMPLING if reference else {})}
+    size = sampling.pop("image_size")
+    if quick:
+        sampling.update(steps=1, cache_interval=1)
     benchmark.group = f"inference, end to end with each model's published sampling: {preset}"
-    _sample(benchmark, arch, preset, image_size=size, sampler=sampling["sampler"], steps=steps, quick=quick)
-    benchmark.extra_info["label"] += f"{', fast' if fast else ''} ({sampling['sampler']} {steps} @ {size} px)"
-    if fast:
-        benchmark.extra_info.update(role=None, variant="fast")
+    _sample(benchmark, arch, preset, image_size=size, quick=quick, **sampling)
+    benchmark.extra_info["label"] += f"{', reference' if reference else ''} ({sampling_words(sampling)} @ {size} px)"
+    if reference:
+        benchmark.extra_info.update(role=None, variant="reference")
 
 
 def _training_memory_cpu(step) -> int:
@@ -179,8 +192,8 @@ def test_training_step(benchmark, quick, preset, arch):
     benchmark.pedantic(step, rounds=1 if quick else 3, warmup_rounds=0)
 
 
-@pytest.mark.parametrize("topk", [3, 0], ids=["reject-top3", "no-rejection"])
-def test_generate_throughput(benchmark, quick, tmp_path, topk):
+@pytest.mark.parametrize("reference", [False, True], ids=["defaults", "reference-sampling"])
+def test_generate_throughput(benchmark, quick, tmp_path, reference):
     from survgen.generation.default import default_runs
     from survgen.generation.run import GenerationConfig, generate
     from survgen.models.loading import load_classifier, load_video_model
@@ -190,9 +203,11 @@ def test_generate_throughput(benchmark, quick, tmp_path, topk):
     video[0].to(DEVICE)
     video[1].to(DEVICE)
     classifier, vocabulary, _ = load_classifier(classifier_run)
-    n = 1 if quick else 4
-    cfg = GenerationConfig(classes=["G7"], n=n, reject_topk=topk, steps=1 if quick else 25, batch_size=4, seed=0)
-    benchmark.group = f"generate with rejection sampling: shipped tiny model, G7, n={n}, {cfg.steps} DDIM steps"
+    n = 1 if quick else 8
+    sampling = REFERENCE_SAMPLING if reference else DEFAULT_SAMPLING
+    cfg = GenerationConfig(classes=["G7"], n=n, reject_topk=3, batch_size=4, seed=0,
+                           **{**sampling, **({"steps": 1, "cache_interval": 1} if quick else {})})
+    benchmark.group = f"generate --class G7 --reject-topk 3: shipped tiny model, n={n}"
     folders = iter(range(100))
     manifests = []
 
@@ -203,22 +218,22 @@ def test_generate_throughput(benchmark, quick, tmp_path, topk):
         manifests.append(generate(model_run, out, cfg, classifier=classifier_run,
                                   loaded=(video, (classifier.to(DEVICE), vocabulary))))
 
-    benchmark.pedantic(run, setup=setup, rounds=1 if quick else 2)
+    benchmark.pedantic(run, setup=setup, rounds=1)
     summary = manifests[-1]["summary"]["per_class"]["G7"]
-    benchmark.extra_info.update(arch="survgen", label=f"survgen, {'top-3' if topk else 'keep all'}",
-                                accepted=summary["accepted"], candidates=summary["candidates"],
-                                role="baseline" if topk == 0 else None)
+    benchmark.extra_info.update(arch="survgen", label=f"survgen, {'reference' if reference else 'defaults'} "
+                                f"({sampling_words(cfg.__dict__)})", accepted=summary["accepted"],
+                                candidates=summary["candidates"], role="baseline" if reference else None)
 
 
-@pytest.mark.parametrize("arch, fast", SAMPLINGS)
-def test_paper_scale_flops(benchmark, arch, fast):
+@pytest.mark.parametrize("arch, reference", SAMPLINGS)
+def test_paper_scale_flops(benchmark, arch, reference):
     from survgen.models.counts import sampling_flops
 
     benchmark.group = "cost at paper scale (sd15), published sampling: FLOPs counted on the meta device, not timed"
-    sampling = dict(sampler=FAST_SAMPLING["sampler"], steps=FAST_SAMPLING["steps"]) if fast else {}
+    sampling = REFERENCE_SAMPLING if reference else {}
     cost = benchmark.pedantic(sampling_flops, args=(arch, "sd15"), kwargs=sampling, rounds=1)
-    benchmark.extra_info.update(arch=arch, label=f"{_label(arch)}{', fast' if fast else ''} ({cost['sampler']} "
-                                f"{cost['steps']} @ {cost['image_size']} px)",
+    benchmark.extra_info.update(arch=arch, label=f"{_label(arch)}{', reference' if reference else ''} "
+                                f"({sampling_words(cost)} @ {cost['image_size']} px)",
                                 tflop_per_video=cost["flops_per_video"] / 1e12,
-                                role="baseline" if arch == "survgen" and not fast else None,
-                                variant="fast" if fast else None)
+                                role="baseline" if arch == "survgen" and not reference else None,
+                                variant="reference" if reference else None)

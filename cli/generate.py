@@ -12,6 +12,7 @@ from rich.table import Table
 
 from survgen.cli.common import AttentionBackend, Quiet, app, attention_backend, user_errors
 from survgen.console import progress_bar, say, stderr, text
+from survgen.presets import DEFAULT_SAMPLING
 
 
 @app.command()
@@ -26,9 +27,12 @@ def generate(
     reject_topk: Annotated[int, typer.Option("--reject-topk", help="Keep a video iff its class is in the classifier's top-k; 0 keeps all.")] = 3,
     max_candidates: Annotated[Optional[int], typer.Option("--max-candidates", help="Cap on candidates per class (default 20 × n).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Videos per forward pass.")] = 4,
-    sampler: Annotated[str, typer.Option("--sampler", help="ddim | dpm++ | ddpm (ancestral; Endora's).")] = "ddim",
-    steps: Annotated[int, typer.Option("--steps", help="Sampler steps.")] = 25,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddim | dpm++ (DPM-Solver++ 2M) | unipc | ddpm (ancestral; Endora's).")] = DEFAULT_SAMPLING["sampler"],
+    steps: Annotated[int, typer.Option("--steps", help="Sampler steps.")] = DEFAULT_SAMPLING["steps"],
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")] = 3.0,
+    guidance_interval: Annotated[Optional[str], typer.Option("--guidance-interval", help="LO,HI: guide only the steps at timesteps LO <= t <= HI (of 0-999; the rest run the conditional branch alone, half the cost); default: every step.")] = None,
+    cache_interval: Annotated[int, typer.Option("--cache-interval", help="Compute the U-Net's deep features every N steps and reuse them in between (DeepCache); 1 = every step.")] = DEFAULT_SAMPLING["cache_interval"],
+    text_per_video: Annotated[bool, typer.Option("--per-video-text/--per-frame-text", help="Project the prompt's keys and values once per video (the same result up to float rounding) or once per frame (as before).")] = True,
     frames: Annotated[int, typer.Option("--frames", help="Frames per video.")] = 16,
     fps: Annotated[Optional[float], typer.Option("--fps", help="Frame rate of the written videos (default: the clip rate the model trained at).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed; each video's own seed is in the manifest.")] = 0,
@@ -42,7 +46,9 @@ def generate(
     Example: survgen generate --model runs/temporal-G7 --classifier runs/classifier --class G7 --n 500 --reject-topk 3 --out gen/G7
     """
     from survgen.generation.default import default_runs
-    from survgen.generation.run import MANIFEST, GenerationConfig, generate
+    from survgen.generation.distributed import launched_rank
+    from survgen.generation.folder import MANIFEST
+    from survgen.generation.run import GenerationConfig, generate
     from survgen.io import output_folder
     from survgen.models.loading import video_model_arch
     from survgen.presets import check_arch
@@ -58,13 +64,18 @@ def generate(
     elif arch is not None and (found := video_model_arch(model)) != arch:
         raise ValueError(f"{model}: a {found} model, not {arch}; drop --arch or pass a {arch} run")
     out = out or Path("generated") / "-".join(classes or ["G7"]).replace("/", "_").replace(" ", "_")
-    output_folder(out, option="--out", marker=MANIFEST)  # before any model loads
+    main = launched_rank() == 0  # under torchrun or accelerate launch, rank 0 checks and prints; the others are quiet
+    if main:
+        output_folder(out, option="--out", marker=MANIFEST)  # before any model loads
     cfg = GenerationConfig(classes=classes or ["G7"], n=n, reject_topk=reject_topk, max_candidates=max_candidates,
                            batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance,
-                           num_frames=frames, fps=fps, seed=seed, gif=gif, keep_rejected=keep_rejected)
-    with attention_backend(attention), generation_progress(not quiet) as progress:
+                           guidance_interval=parse_interval(guidance_interval), cache_interval=cache_interval,
+                           text_per_video=text_per_video, num_frames=frames, fps=fps, seed=seed, gif=gif, keep_rejected=keep_rejected)
+    with attention_backend(attention), generation_progress(not quiet and main) as progress:
         manifest = generate(model, out, cfg, classifier=classifier if reject_topk > 0 or classifier else None,
                             progress=progress)
+    if not main:
+        return
     table = Table(title=text(f"generated into {out}"))
     for column in ("class", "accepted", "candidates", "acceptance"):
         table.add_column(column, justify="right")
@@ -73,6 +84,17 @@ def generate(
         table.add_row(text(code), str(s["accepted"]), str(s["candidates"]), rate)
     stderr.print(table)  # generate's result is its folder, on stdout
     typer.echo(str(out))
+
+
+def parse_interval(given: str | None) -> list[int] | None:
+    """`--guidance-interval LO,HI` as [LO, HI]."""
+    if given is None:
+        return None
+    try:
+        lo, hi = (int(part) for part in given.split(","))
+    except ValueError:
+        raise ValueError(f"--guidance-interval {given!r}: give two timesteps as LO,HI, e.g. 0,700") from None
+    return [lo, hi]
 
 
 @contextlib.contextmanager

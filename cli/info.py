@@ -92,10 +92,18 @@ def _preset_cost(preset: str, arch: str) -> dict:
     cost = sampling_flops(arch, preset)
     return {"parameters": {"arch": arch, "preset": preset, **preset_parameter_counts(preset, arch)},
             "sampling_cost": {
-                "published_sampling": f"{cost['sampler']} {cost['steps']} steps with guidance at "
-                                      f"{cost['image_size']} px, {cost['frames']} frames",
+                "published_sampling": _sampling_words(cost),
+                "guided_steps": cost["guided_steps"], "steps_reusing_deep_features": cost["reused_steps"],
                 "tflop_per_step": round(cost["flops_per_step"] / 1e12, 3),
                 "tflop_per_video": round(cost["flops_per_video"] / 1e12, 2)}}
+
+
+def _sampling_words(cost: dict) -> str:
+    """e.g. "dpm++ 8 steps, guidance on 5 of them, deep features reused on 4, at 256 px, 16 frames"."""
+    words = f"{cost['sampler']} {cost['steps']} steps, guidance on {cost['guided_steps']} of them"
+    if cost["reused_steps"]:
+        words += f", deep features reused on {cost['reused_steps']}"
+    return words + f", at {cost['image_size']} px, {cost['frames']} frames"
 
 
 def _info_table(report: dict) -> Table:

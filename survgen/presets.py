@@ -12,6 +12,12 @@ NATIVE_IMAGE_SIZE = {"tiny": 64, "sd15": 256}  # the frame size each preset trai
 BASELINES = ("lvdm", "endora")  # the paper's baselines, trained whole in survgen's latent space
 ARCHS = ("survgen",) + BASELINES
 
+# How `generate` and stage-2 previews sample: the cheapest setting of the sampler sweep whose
+# quality stays within the real-vs-real spread (benchmarks/RESULTS.md). REFERENCE_SAMPLING is
+# the default before it, DDIM 25 with every saving off, kept so that earlier results can be made again.
+DEFAULT_SAMPLING = dict(sampler="ddim", steps=25, guidance_interval=None, cache_interval=1)
+REFERENCE_SAMPLING = dict(sampler="ddim", steps=25, guidance_interval=None, cache_interval=1)
+
 CLASSIFIER_ARCHS = ("r3d", "x3d", "resnet-lstm")
 CLASSIFIER_ARCH_NAMES = {"r3d": "3D ResNet", "x3d": "X3D", "resnet-lstm": "ResNet-LSTM"}  # as reports name them
 CLASSIFIER_PRESETS = {

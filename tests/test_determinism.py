@@ -83,7 +83,7 @@ def test_two_runs_with_the_same_seed_write_the_same_files(video_model, temporal_
         generate(temporal_run, tmp_path / name, cfg, loaded=(video_model, None))
         return tmp_path / name
 
-    once, twice = make("a", 2), make("b", 2)  # batches [0, 1], [2]: the last one smaller
+    once, twice = make("a", 2), make("b", 2)  # blocks [0, 1], [2, 3]: candidate 3 sampled, not kept
     files = sorted(p.relative_to(once) for p in (once / "videos").glob("*.mp4"))
     assert len(files) == 3
     for f in files:

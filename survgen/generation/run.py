@@ -5,63 +5,64 @@ is among the video classifier's top-k classes for it. The classifier was trained
 real clips only, so it judges whether the motion and look of a generated video are
 recognisably those of the class it was made for.
 
-The output folder is a dataset in the project's CSV layout, ready to be merged with
-the real one (`survgen data stats OUT` reads it):
+The output folder is a dataset in the project's CSV layout; `survgen.generation.folder`
+says what it holds.
 
-    OUT/manifest.json       the request, model hashes, and one record per candidate
-    OUT/labels.csv          video,start_frame,end_frame,class for every accepted video
-    OUT/classes.json        the class vocabulary
-    OUT/videos/             accepted videos (MP4; GIF too with --gif)
-    OUT/rejected/           rejected videos, only with --keep-rejected
-    OUT/contact_sheet.png   frames of some accepted and rejected videos
+Batches: candidates are sampled in fixed blocks of --batch-size by candidate number,
+[k·B, (k+1)·B) cut at --max-candidates (`survgen.generation.candidates.batch_plan`). A
+class ends at its n-th accepted candidate; the later ones of that block are surplus:
+sampled and judged with it, never recorded or written. So a class ends with exactly n
+accepted, and which videos share a batch depends on candidate numbers alone.
 
 Resumable: candidate i of class l always has the same seed, the manifest is rewritten
-(atomically) after every batch, and a re-run of the same request continues after the
-last recorded candidate, so a killed run loses at most the batch in flight.
+(atomically) after every batch, and a re-run of the same request makes the blocks the
+manifest lacks, so a killed run loses at most the batch in flight. It first makes again
+the listed videos that are missing or damaged on disk (`survgen.generation.repair`).
 
-A re-run also checks what is on disk: every video the manifest names (and its GIF with
---gif) must exist, decode and have its frame count; a missing or damaged one is made
-again in its recorded batch, judged again and written atomically
-(`survgen.generation.candidates`), and labels.csv is rewritten from the files that exist.
+Many processes (`torchrun` or `accelerate launch`, `survgen.generation.distributed`):
+rank r makes the r-th of each round of W blocks; after a round the processes exchange
+the new records, keep the candidates up to the class's end (a block made ahead past it
+is dropped unwritten) and go on together, each writing its videos and its part of the
+manifest (`survgen.generation.folder`). The blocks being the same, the folder is the
+one a single process makes: same manifest, labels.csv and video bytes, given the same
+setup in every process (`sampling_environment`: torchrun gives each process
+OMP_NUM_THREADS=1 unless it is set, and the thread count moves bits).
 
-Deterministic: the batches are a function of the request and of how many videos are
-accepted so far, a video a function of its seed and batch, and the MP4 encoder a
-function of the frames (`survgen.data.video.write_video`), so the same request on the
-same setup (`sampling_environment`) writes the same bytes, and a video made again
-equals the one it replaces.
+Deterministic: the batches are a function of the request, a video a function of its
+seed and batch, and the MP4 encoder a function of the frames
+(`survgen.data.video.write_video`), so the same request on the same setup
+(`sampling_environment`) writes the same bytes, and a video made again equals the one
+it replaces.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
-import io
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from survgen.classes import ClassVocabulary
-from survgen.console import say, warn
+from survgen.console import warn
 from survgen.data.index import CLIP_FPS
 from survgen.diffusion.video_sampler import VideoSampler, check_sampling_options
-from survgen.generation.candidates import Candidates, video_files, video_problem
-from survgen.io import OutputPathError, output_folder, shown_path, write_json_atomic, write_text_atomic
-from survgen.models.loading import TEMPORAL_WEIGHTS, load_classifier, load_video_model, spatial_model_dir
+from survgen.generation.candidates import Candidates, batch_plan, class_end, video_files
+from survgen.generation.distributed import World, joined
+from survgen.generation.folder import (MANIFEST, GenerationError, Part, check_output, generation_request,
+                                       model_fingerprint, open_manifest, record_key, remove_parts, summarise,
+                                       write_dataset_files)
+from survgen.generation.repair import repair
+from survgen.io import write_json_atomic
+from survgen.models.loading import load_classifier, load_video_model, spatial_model_dir
+from survgen.presets import DEFAULT_SAMPLING
 from survgen.visualize import grid, save_png
 
-MANIFEST = "manifest.json"
 CONTACT_SHEET_ROWS = 4  # accepted and rejected videos each
-LISTED = 5  # files named in a message before "and N more"
-
-
-class GenerationError(ValueError):
-    """A generation request that cannot be run as given."""
 
 
 @dataclass
@@ -71,9 +72,13 @@ class GenerationConfig:
     reject_topk: int = 3  # keep a video iff its class is in the classifier's top-k; 0 keeps every video
     max_candidates: int | None = None  # per class; None: 20 × n
     batch_size: int = 4
-    sampler: str = "ddim"
-    steps: int = 25
+    sampler: str = DEFAULT_SAMPLING["sampler"]
+    steps: int = DEFAULT_SAMPLING["steps"]
     guidance: float = 3.0
+    # [lo, hi]: guide only where lo <= t <= hi; None: every step
+    guidance_interval: list[int] | None = DEFAULT_SAMPLING["guidance_interval"]
+    cache_interval: int = DEFAULT_SAMPLING["cache_interval"]  # deep features every N steps, reused between
+    text_per_video: bool = True  # the prompt's keys and values once per video, not per frame
     num_frames: int = 16
     fps: float | None = None  # None: the clip rate the model was trained at
     seed: int = 0
@@ -97,7 +102,8 @@ class GenerationConfig:
         if not self.classes:
             problems.append("give at least one --class")
         try:
-            check_sampling_options(self.sampler, self.steps, self.guidance)
+            check_sampling_options(self.sampler, self.steps, self.guidance, self.guidance_interval,
+                                   self.cache_interval)
         except ValueError as e:
             problems.append(str(e))
         if problems:
@@ -106,14 +112,6 @@ class GenerationConfig:
     @property
     def candidate_cap(self) -> int:
         return self.max_candidates if self.max_candidates is not None else 20 * self.n
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -155,70 +153,6 @@ class Judge:
             x = F.interpolate(x.flatten(0, 1), size=(self.size, self.size), mode="bilinear", antialias=True,
                               align_corners=False).unflatten(0, (b, f))
         return self.classifier(x[:, : self.span : self.stride]).float().softmax(-1).cpu()
-
-
-def _listing(items: list[str]) -> str:
-    more = len(items) - LISTED
-    return ", ".join(items[:LISTED]) + (f" and {more} more" if more > 0 else "")
-
-
-def model_fingerprint(model_run: Path, spatial_dir: Path, arch: str) -> dict:
-    """Hashes of the weights a video came from, for the manifest."""
-    temporal = model_run / "model" / TEMPORAL_WEIGHTS
-    unet = spatial_dir / "unet" / "diffusion_pytorch_model.safetensors"
-    return {"run": shown_path(model_run), "arch": arch, "temporal_sha256": file_sha256(temporal),
-            "spatial_unet_sha256": file_sha256(unet) if unet.exists() and arch == "survgen" else None}
-
-
-def _request(cfg: GenerationConfig, model: Path, classifier: Path | None) -> dict:
-    return {"config": dataclasses.asdict(cfg), "model": shown_path(model),  # no machine's absolute paths
-            "classifier": shown_path(classifier) if classifier else None}
-
-
-def _check_output(out: Path) -> bool:
-    """Refuse, before any work, an --out that is a file, a folder of something else, or not writable;
-    True when it holds a generation (a manifest) to continue."""
-    try:
-        return output_folder(out, option="--out", marker=MANIFEST)
-    except OutputPathError as e:
-        raise GenerationError(str(e)) from None
-
-
-def _open_output(out: Path, request: dict) -> dict | None:
-    """The manifest to continue, or None for a new folder; refuse a folder holding something else."""
-    manifest_path = out / MANIFEST
-    if _check_output(out):
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            if not isinstance(manifest, dict) or not isinstance(manifest.get("videos"), list):
-                raise ValueError("not a generation manifest")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise GenerationError(f"{manifest_path}: unreadable ({e}); it was edited or damaged: restore it, or "
-                                  "choose a new --out") from None
-        if manifest.get("request") != request:
-            old = manifest.get("request", {})
-            changed = sorted(k for k in set(old.get("config", {})) | set(request["config"])
-                             if old.get("config", {}).get(k) != request["config"].get(k))
-            changed += [k for k in ("model", "classifier") if old.get(k) != request[k]]
-            raise GenerationError(
-                f"{out}: holds a generation made with other options (differs in: {', '.join(changed)}); "
-                "re-run the same command to continue it, or choose a new --out"
-            )
-        return manifest
-    out.mkdir(parents=True, exist_ok=True)
-    return None
-
-
-def _write_dataset_files(out: Path, videos: list[dict], vocabulary: ClassVocabulary, num_frames: int) -> None:
-    """labels.csv: every accepted video whose file is there (a lost one is regenerated before this is written)."""
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(["video", "start_frame", "end_frame", "class"])
-    for v in videos:
-        if v["accepted"] and v.get("file") and (out / v["file"]).is_file():
-            writer.writerow([v["file"], 0, num_frames, v["class_id"]])
-    write_text_atomic(out / "labels.csv", rows.getvalue())
-    vocabulary.save(out)
 
 
 def sampling_environment(device: torch.device) -> dict:
@@ -263,40 +197,70 @@ def generate(model: str | Path, out: str | Path, cfg: GenerationConfig, *, class
     A folder with a manifest of the same request is continued: videos it lists that are missing or damaged on
     disk are made again first. `loaded` may pass in already-loaded `(video_model, spatial, run)` and
     `(classifier, vocabulary)` to skip loading.
+
+    Started by torchrun or accelerate launch, the processes share the work (see the module docstring); each
+    returns the merged manifest, and only rank 0 writes it and calls `progress`.
     """
     cfg.check()
     model, out = Path(model), Path(out)
     if cfg.reject_topk > 0 and classifier is None:
         raise GenerationError("rejection sampling needs --classifier RUN (a `survgen train-classifier` run); "
                               "or pass --reject-topk 0 to keep every video")
-    _check_output(out)  # a file, a foreign folder or an unwritable place is refused before the models load
+    with joined() as world:
+        return _generate(world, model, out, cfg, classifier, progress if world.main else None, loaded)
+
+
+def _generate(world: World, model: Path, out: Path, cfg: GenerationConfig, classifier: Path | None,
+              progress: ClassReporter | None, loaded) -> dict:
+    """`generate` as one of `world`'s processes."""
+    if world.main:  # rank 0 alone looks at and writes the folder's shared files; the others wait for it
+        check_output(out)  # a file, a foreign folder or an unwritable place is refused before the models load
     (video_model, spatial, run), judge, cfg = _load(model, classifier, cfg, loaded)
     vocabulary = run.vocabulary
     class_ids = [vocabulary.resolve(c) for c in cfg.classes]
-    warn_unseen_classes(model, run, class_ids)
-
-    request = _request(cfg, model, classifier)
-    manifest = _open_output(out, request)
     environment = sampling_environment(next(video_model.parameters()).device)
-    if manifest is None:
-        fingerprint = model_fingerprint(model, spatial_model_dir(run.parent_path), video_model.arch)
-        manifest = {"request": request, "model": fingerprint, "environment": environment, "videos": [],
-                    "summary": {}}
+    _check_same_setup(world, environment)
+    if world.main:
+        warn_unseen_classes(model, run, class_ids)
+
+    def fingerprint() -> dict:  # hashes the weights: only for a new folder
+        return model_fingerprint(model, spatial_model_dir(run.parent_path), video_model.arch)
+
+    manifest = world.share(open_manifest(out, generation_request(cfg, model, classifier), environment, fingerprint)
+                           if world.main else None)
     videos: list[dict] = manifest["videos"]
     candidates = Candidates(out, cfg, VideoSampler(video_model, spatial, vocabulary), judge, vocabulary)
+    part = Part(out, world)
 
     def save():
-        _write_dataset_files(out, videos, vocabulary, cfg.num_frames)
-        manifest["summary"] = summarise(videos, class_ids, vocabulary, cfg)
-        write_json_atomic(out / MANIFEST, manifest)
+        """Order the records as one process makes them (by class, then candidate) and summarise them; rank 0
+        writes the manifest and the dataset files."""
+        videos.sort(key=lambda v: (class_ids.index(v["class_id"]), v["candidate"]))
+        manifest["summary"] = summarise(videos, class_ids, vocabulary, cfg.n)
+        if world.main:
+            write_dataset_files(out, videos, vocabulary, cfg.num_frames)
+            write_json_atomic(out / MANIFEST, manifest)
 
+    save()  # first, so that a part is never in a folder without a manifest (which would be refused)
+    if world.main:
+        remove_parts(out)  # merged into the manifest just written
+    world.barrier()  # before any process writes a part of this run
     if videos:
-        if manifest.get("environment") not in (None, environment):
-            _warn_other_setup(out, manifest["environment"], environment)
-        repair(candidates, videos, save)
-    sheet = _generate_classes(candidates, videos, class_ids, save, progress)
-    _write_contact_sheet(out, sheet)  # the dataset files and the manifest are current after every batch
+        repair(candidates, videos, save, world, part)
+    rows = _generate_classes(candidates, videos, class_ids, save, progress, world, part)
+    sheet = _contact_sheet(world.gather(rows), videos)  # waits until every process is done
+    if world.main:
+        _write_contact_sheet(out, sheet)  # the dataset files and the manifest are current after every round
+        remove_parts(out)
     return manifest
+
+
+def _check_same_setup(world: World, environment: dict) -> None:
+    setups = world.gather(environment)
+    if world.main and any(setup != environment for setup in setups):
+        others = "; ".join(f"rank {rank}: {setup}" for rank, setup in enumerate(setups) if setup != environment)
+        warn(f"the processes run on different setups (rank 0: {environment}; {others}); their videos may differ "
+             "by float rounding from those one process makes")
 
 
 def _load(model: Path, classifier: Path | None, cfg: GenerationConfig, loaded):
@@ -326,100 +290,94 @@ def _load(model: Path, classifier: Path | None, cfg: GenerationConfig, loaded):
 
 
 def _generate_classes(candidates: Candidates, videos: list[dict], class_ids: list[int], save,
-                      progress: ClassReporter | None) -> dict:
-    """Make candidates, a batch at a time, until each class has n accepted or hits the cap; the contact sheet's
-    rows (frames, label) of this session's first few accepted and rejected videos."""
+                      progress: ClassReporter | None, world: World, part: Part) -> dict:
+    """Make candidates, a round of batches at a time (one batch per process), until each class has n accepted or
+    hits the cap; returns this process's contact sheet rows (`_add_to_sheet`)."""
     cfg, vocabulary = candidates.cfg, candidates.vocabulary
     sheet = {"accepted": [], "rejected": []}
     started, made_this_session = time.perf_counter(), 0
     for class_id in class_ids:
-        code = vocabulary.code(class_id)
-        mine = [v for v in videos if v["class_id"] == class_id]
-        report = ClassReport(code, wanted=cfg.n, accepted=sum(v["accepted"] for v in mine), candidates=len(mine))
+        report = _class_report(videos, class_id, vocabulary.code(class_id), cfg.n)
         if progress:
             progress(report)
-        while report.accepted < cfg.n and report.candidates < cfg.candidate_cap:
-            # never more candidates than could still be needed: exactly n are kept, no surplus
-            count = min(cfg.batch_size, cfg.n - report.accepted, cfg.candidate_cap - report.candidates)
-            for record, frames in candidates.make(class_id, list(range(report.candidates, report.candidates + count))):
-                videos.append(record)
-                _add_to_sheet(sheet, record, frames, code)
-                report.accepted += record["accepted"]
-            report.candidates += count
-            made_this_session += count
+        while class_end(_records(videos, class_id), cfg.n, cfg.candidate_cap) is None:
+            made_this_session += _round(candidates, videos, class_id, world, part, sheet)
             save()
-            report.videos_per_s = made_this_session / (time.perf_counter() - started)
+            report = _class_report(videos, class_id, report.code, cfg.n,
+                                   videos_per_s=made_this_session / (time.perf_counter() - started))
             if progress:
                 progress(report)
-        if report.accepted < cfg.n:
-            warn(f"{code}: only {report.accepted} of {cfg.n} videos accepted after {report.candidates} candidates "
-                 "(the cap); raise --max-candidates, lower --reject-topk, or train the model longer")
+        if world.main and report.accepted < cfg.n:
+            warn(f"{report.code}: only {report.accepted} of {cfg.n} videos accepted after {report.candidates} "
+                 "candidates (the cap); raise --max-candidates, lower --reject-topk, or train the model longer")
     return sheet
 
 
-def _add_to_sheet(sheet: dict, record: dict, frames: torch.Tensor, code: str) -> None:
+def _records(videos: list[dict], class_id: int) -> list[dict]:
+    return [v for v in videos if v["class_id"] == class_id]
+
+
+def _class_report(videos: list[dict], class_id: int, code: str, n: int, videos_per_s: float | None = None):
+    mine = _records(videos, class_id)
+    return ClassReport(code, wanted=n, accepted=sum(v["accepted"] for v in mine), candidates=len(mine),
+                       videos_per_s=videos_per_s)
+
+
+def _round(candidates: Candidates, videos: list[dict], class_id: int, world: World, part: Part,
+           sheet: dict) -> int:
+    """One batch per process: the next ones the class lacks. Every process learns every verdict, so all keep the
+    same candidates, those up to the class's end; each writes its own. Returns how many were kept."""
+    cfg = candidates.cfg
+    recorded = {v["candidate"] for v in _records(videos, class_id)}
+    batches = batch_plan(recorded, cfg.batch_size, cfg.candidate_cap)[: world.size]
+    made = candidates.make(class_id, list(batches[world.rank])) if world.rank < len(batches) else []
+    new = [record for records in world.gather([r for r, _ in made]) for record in records]
+    videos.extend(new)
+    dropped = {record_key(r) for r in _drop_after_end(videos, class_id, cfg, candidates.out if world.main else None)}
+    kept = [(record, frames) for record, frames in made if record_key(record) not in dropped]
+    for record, frames in kept:
+        candidates.write(record, frames)
+        _add_to_sheet(sheet, record, frames)
+    part.add([record for record, _ in kept])
+    world.barrier()  # every process's videos and part are written before rank 0's manifest names them
+    return sum(record_key(r) not in dropped for r in new)
+
+
+def _drop_after_end(videos: list[dict], class_id: int, cfg: GenerationConfig, out: Path | None) -> list[dict]:
+    """Drop the records of a class after the candidate it ends at (the surplus of its last batch, batches made
+    ahead by other processes) and, given `out`, the files of any that were written; returns the dropped ones."""
+    end = class_end(_records(videos, class_id), cfg.n, cfg.candidate_cap)
+    if end is None:
+        return []
+    dropped = [v for v in videos if v["class_id"] == class_id and v["candidate"] > end]
+    videos[:] = [v for v in videos if not (v["class_id"] == class_id and v["candidate"] > end)]
+    if out is not None:
+        for record in dropped:
+            for relative in video_files(record, cfg.gif):
+                (out / relative).unlink(missing_ok=True)
+    return dropped
+
+
+def _add_to_sheet(sheet: dict, record: dict, frames: np.ndarray) -> None:
     kind = "accepted" if record["accepted"] else "rejected"
     if len(sheet[kind]) < CONTACT_SHEET_ROWS:
         top1 = record.get("classifier_topk", [{}])[0].get("class", "-")
-        label = f"{code}_{record['candidate']:05d} {'kept' if record['accepted'] else 'rejected'}"
-        sheet[kind].append((frames, f"{label} (top-1 {top1})"))
+        label = f"{record['class']}_{record['candidate']:05d} {'kept' if record['accepted'] else 'rejected'}"
+        sheet[kind].append((record_key(record), frames, f"{label} (top-1 {top1})"))
 
 
-def repair(candidates: Candidates, videos: list[dict], save) -> None:
-    """Make again, in their recorded batches, the listed videos that are missing or damaged on disk, and
-    rewrite labels.csv and the manifest (`save`) from what exists."""
-    cfg, out = candidates.cfg, candidates.out
-    damaged, reasons = [], []
-    for record in videos:
-        problems = [f"{f} ({why})" for f in video_files(record, cfg.gif)
-                    if (why := video_problem(out / f, record.get("frames", cfg.num_frames), cfg.fps))]
-        if problems:
-            damaged.append(record)
-            reasons += problems
-    if damaged:
-        listed = sum(len(video_files(r, cfg.gif)) for r in videos)
-        say(f"{out}: {len(reasons)} of the {listed} video files listed in {MANIFEST} are missing or damaged: "
-            f"{_listing(reasons)}; making {len(damaged)} video(s) again from their recorded seeds")
-    batches: dict[tuple[int, int], list[dict]] = {}
-    for record in videos:  # a record from before batches were recorded is made again on its own
-        batches.setdefault((record["class_id"], record.get("batch", record["candidate"])), []).append(record)
-    changed = []
-    for batch in batches.values():
-        if any(r is d for r in batch for d in damaged):
-            changed += candidates.remake(batch, damaged)
-            save()
-    if damaged:
-        say(f"{out}: regenerated {len(damaged)} video(s) from their seeds")
-    if changed:
-        now = [f"{r['class']}_{r['candidate']:05d} ({'accepted' if r['accepted'] else 'rejected'})" for r in changed]
-        warn(f"{out}: {len(changed)} regenerated video(s) got another verdict from the classifier than recorded: "
-             f"{_listing(now)}; the manifest now says so, and candidates are made until each class has --n "
-             f"{cfg.n} accepted")
-    save()
-
-
-def _warn_other_setup(out: Path, recorded: dict, environment: dict) -> None:
-    differs = ", ".join(f"{k} {recorded.get(k)} -> {v}" for k, v in environment.items() if recorded.get(k) != v)
-    warn(f"{out}: this folder was started on another setup ({differs}); videos made again here may differ from "
-         "lost ones made there by float rounding; re-run on that setup to get them back bit for bit")
-
-
-def summarise(videos: list[dict], class_ids: list[int], vocabulary: ClassVocabulary, cfg: GenerationConfig) -> dict:
-    per_class = {}
-    for class_id in class_ids:
-        mine = [v for v in videos if v["class_id"] == class_id]
-        kept = sum(v["accepted"] for v in mine)
-        per_class[vocabulary.code(class_id)] = {
-            "accepted": kept, "candidates": len(mine),
-            "acceptance_rate": round(kept / len(mine), 4) if mine else None,
-            "complete": kept >= cfg.n,
-        }
-    return {"per_class": per_class, "complete": all(c["complete"] for c in per_class.values())}
+def _contact_sheet(sheets: list[dict], videos: list[dict]) -> dict:
+    """The first few accepted and rejected videos this run made, in manifest order, from every process's rows."""
+    order = {record_key(v): i for i, v in enumerate(videos)}
+    return {kind: sorted((row for sheet in sheets for row in sheet[kind] if row[0] in order),
+                         key=lambda row: order[row[0]])[:CONTACT_SHEET_ROWS]
+            for kind in ("accepted", "rejected")}
 
 
 def _write_contact_sheet(out: Path, sheet: dict) -> None:
     rows = sheet["accepted"] + sheet["rejected"]
     if not rows:
         return
-    step = max(1, rows[0][0].shape[0] // 8)  # at most 8 frames per video
-    save_png(grid([frames[::step] for frames, _ in rows], [label for _, label in rows]), out / "contact_sheet.png")
+    step = max(1, rows[0][1].shape[0] // 8)  # at most 8 frames per video
+    save_png(grid([frames[::step] for _, frames, _ in rows], [label for _, _, label in rows]),
+             out / "contact_sheet.png")

@@ -15,18 +15,16 @@ from survgen.models.baselines import BaselineConfig, build_baseline
 from survgen.models.spatial import SpatialModel
 from survgen.models.video_base import VideoModel
 from survgen.models.video_unet import TEMPORAL_PRESETS, TemporalConfig, VideoUNet
-from survgen.presets import NATIVE_IMAGE_SIZE, check_arch
+from survgen.presets import DEFAULT_SAMPLING, NATIVE_IMAGE_SIZE, check_arch
 
 # Sampling each architecture was published with, for the end-to-end benchmark:
 # survgen's `generate` defaults; LVDM's DDIM with 50 steps at 256 px; Endora's
 # (Latte's) ancestral DDPM with 250 steps at 128 px. Guidance for all.
 PUBLISHED_SAMPLING = {
-    "survgen": dict(sampler="ddim", steps=25, image_size=256),
+    "survgen": dict(**DEFAULT_SAMPLING, image_size=256),
     "lvdm": dict(sampler="ddim", steps=50, image_size=256),
     "endora": dict(sampler="ddpm", steps=250, image_size=128),
 }
-# survgen with its fast sampler (benchmarks/NOTES.md: acceptance as DDIM 25's at 2.5× fewer evaluations).
-FAST_SAMPLING = dict(sampler="dpm++", steps=10)
 
 
 def published_sampling(arch: str, preset: str) -> dict:

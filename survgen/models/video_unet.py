@@ -13,6 +13,15 @@ order as its own forward (resnets, attentions, samplers and skip connections
 are diffusers' modules, called the same way) and calls the temporal block at
 each insertion point. Supported blocks are SD's: CrossAttnDownBlock2D,
 DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D, UpBlock2D.
+
+Two savings at sampling time, each switchable off:
+- the prompt's keys and values are projected once per video, not once per frame
+  (`survgen.models.per_video_text`; `text_per_video=False` turns it off);
+- DeepCache (Ma et al. 2024): the deep branch (everything below the first down
+  block's layers and above the last up block's) changes little between
+  neighbouring sampling steps, so a `DeepCache` keeps its output, the input of the
+  last up block, and a step with `reuse` runs only the outermost level (its
+  spatial layers and their temporal blocks) on it.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
+from survgen.models.per_video_text import use_per_video_text
 from survgen.models.temporal import TemporalTransformerBlock
 from survgen.models.video_base import CheckpointedUnits, checked_class_labels, per_video_timesteps
 
@@ -44,6 +54,22 @@ class TemporalConfig:
     latent_size: int | None = None  # latent frame size stage 2 trained at; None: the U-Net's sample_size
 
 
+class DeepCache:
+    """The deep branch's output (the last up block's input) from the last step that computed it."""
+
+    def __init__(self):
+        self.feature: torch.Tensor | None = None
+
+    def take(self, rows: int) -> torch.Tensor | None:
+        """The cached feature for a batch of `rows` frames: as stored, or the conditional half of one stored
+        at a guided step (`[uncond; cond]`) for an unguided step; None when there is none to reuse."""
+        if self.feature is None:
+            return None
+        if self.feature.shape[0] == rows:
+            return self.feature
+        return self.feature[rows:] if self.feature.shape[0] == 2 * rows else None
+
+
 class VideoUNet(CheckpointedUnits, nn.Module):
     """`UNet2DConditionModel` + temporal blocks + class embedding, on latents `(b, c, f, h, w)`.
 
@@ -57,6 +83,7 @@ class VideoUNet(CheckpointedUnits, nn.Module):
     """
 
     arch = "survgen"
+    sampling_savings = True  # forward takes text_per_video, deep_cache and reuse
 
     def __init__(self, unet: UNet2DConditionModel, config: TemporalConfig):
         super().__init__()
@@ -88,6 +115,7 @@ class VideoUNet(CheckpointedUnits, nn.Module):
         )
         self.enable_gradient_checkpointing(False)
         self.freeze_spatial()
+        use_per_video_text(unet)  # the same as diffusers' processor when the text comes per frame
 
     @staticmethod
     def _check_supported(unet: UNet2DConditionModel) -> None:
@@ -158,12 +186,19 @@ class VideoUNet(CheckpointedUnits, nn.Module):
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         class_labels: torch.Tensor,
+        *,
+        text_per_video: bool = True,
+        deep_cache: DeepCache | None = None,
+        reuse: bool = False,
     ) -> torch.Tensor:
         """Predict the diffusion target for video latents.
 
         sample `(b, c, f, h, w)`; timestep `(b,)` or scalar; encoder_hidden_states
         `(b, seq, d)` (one prompt per video); class_labels `(b,)` (use `null_class`
-        for the unconditional branch). Returns `(b, c, f, h, w)`.
+        for the unconditional branch). Returns `(b, c, f, h, w)`. `text_per_video=False`
+        repeats the text states per frame, the computation before that saving. With a `deep_cache`,
+        a full pass stores its deep feature there, and `reuse` runs only the outermost
+        level on the stored one (a full pass when there is none for this batch).
         """
         if sample.ndim != 5:
             raise ValueError(f"VideoUNet expects latents (b, c, f, h, w); got shape {tuple(sample.shape)}")
@@ -172,22 +207,30 @@ class VideoUNet(CheckpointedUnits, nn.Module):
         frames = sample.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
         timestep = per_video_timesteps(timestep, b, sample.device)
         class_labels = checked_class_labels(class_labels, b, self.config.num_classes).to(sample.device)
-        text = encoder_hidden_states.repeat_interleave(f, dim=0)
+        text = encoder_hidden_states if text_per_video else encoder_hidden_states.repeat_interleave(f, dim=0)
 
         # one embedding per video (b rows), then shared by its f frames
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep))
         emb = emb + self.class_embedding(class_labels).to(emb.dtype)
         emb = emb.repeat_interleave(f, dim=0)
 
-        x, skips = self._down(unet.conv_in(frames), emb, text, f)
-        x = self._mid(x, emb, text, f)
-        # Same upsample-size rule as UNet2DConditionModel for latents not divisible by 2**levels.
-        x = self._up(x, skips, emb, text, f, fixed_sizes=any(s % 2**unet.num_upsamplers for s in (h, w)))
+        x = unet.conv_in(frames)
+        deep = deep_cache.take(x.shape[0]) if deep_cache is not None and reuse else None
+        if deep is not None:
+            x, skips = self._down(x, emb, text, f, shallow=True)
+            x = self._up(deep, skips, emb, text, f, shallow=True)
+        else:
+            x, skips = self._down(x, emb, text, f)
+            x = self._mid(x, emb, text, f)
+            # Same upsample-size rule as UNet2DConditionModel for latents not divisible by 2**levels.
+            x = self._up(x, skips, emb, text, f, fixed_sizes=any(s % 2**unet.num_upsamplers for s in (h, w)),
+                         deep_cache=deep_cache)
         x = self.run_unit(self._output_unit, x)
         return x.reshape(b, f, -1, h, w).permute(0, 2, 1, 3, 4)
 
-    def _down(self, x: torch.Tensor, emb: torch.Tensor, text: torch.Tensor, f: int):
-        """The down blocks, each spatial layer followed by its temporal block; returns x and the skips."""
+    def _down(self, x: torch.Tensor, emb: torch.Tensor, text: torch.Tensor, f: int, shallow: bool = False):
+        """The down blocks, each spatial layer followed by its temporal block; returns x and the skips.
+        `shallow`: only the first block's layers, not its downsampler (the skips the last up block takes)."""
         skips = (x,)
         for block, temporal in zip(self.unet.down_blocks, self.temporal_down):
             attentions = getattr(block, "attentions", [None] * len(block.resnets))
@@ -195,6 +238,8 @@ class VideoUNet(CheckpointedUnits, nn.Module):
                 x = self.run_unit(partial(self._spatial_layer, resnet, attn), x, emb, text)
                 x = self.run_unit(tblock, x, f)
                 skips += (x,)
+            if shallow:
+                break
             if block.downsamplers is not None:
                 for downsampler in block.downsamplers:
                     x = downsampler(x)
@@ -211,10 +256,16 @@ class VideoUNet(CheckpointedUnits, nn.Module):
         return x
 
     def _up(self, x: torch.Tensor, skips: tuple, emb: torch.Tensor, text: torch.Tensor, f: int,
-            fixed_sizes: bool) -> torch.Tensor:
-        """The up blocks, taking the skips back in reverse; `fixed_sizes`: upsample to each skip's size."""
+            fixed_sizes: bool = False, shallow: bool = False, deep_cache: DeepCache | None = None) -> torch.Tensor:
+        """The up blocks, taking the skips back in reverse; `fixed_sizes`: upsample to each skip's size.
+        `shallow`: only the last block, `x` being its input; `deep_cache` keeps that input."""
         up_blocks = self.unet.up_blocks
+        last = len(up_blocks) - 1
         for i, (block, temporal) in enumerate(zip(up_blocks, self.temporal_up)):
+            if shallow and i < last:
+                continue
+            if deep_cache is not None and i == last:
+                deep_cache.feature = x
             block_skips, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
             upsample_size = skips[-1].shape[2:] if (fixed_sizes and i < len(up_blocks) - 1) else None
             attentions = getattr(block, "attentions", [None] * len(block.resnets))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from survgen.data.index import CLIP_FPS
-from survgen.presets import CLASSIFIER_PRESETS, check_arch, check_preset
+from survgen.presets import CLASSIFIER_PRESETS, DEFAULT_SAMPLING, check_arch, check_preset
 
 MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
 BALANCE = ("loss", "sampler", "none")
@@ -118,7 +118,7 @@ class TemporalStageConfig:
     image_size: int | None = None  # None: the size stage 1 trained at
     condition_dropout: float = 0.1  # prompt and class dropped together: sampling's unconditional branch drops both
     gradient_checkpointing: bool = False
-    sample_steps: int = 25
+    sample_steps: int = DEFAULT_SAMPLING["steps"]  # previews sample as generate does
     sample_guidance: float = 3.0
     heads: int | None = None  # survgen only; None: the spatial preset's default (TEMPORAL_PRESETS)
     attention_layers: int | None = None  # survgen only

@@ -10,6 +10,7 @@ from survgen.classes import ClassVocabulary
 from survgen.diffusion.sampling import make_sampler, sample_latents
 from survgen.diffusion.video_sampler import VideoSampler, initial_noise, noise_generators
 from survgen.models.spatial import SpatialModel
+from survgen.presets import DEFAULT_SAMPLING
 from survgen.visualize import grid, save_png, to_uint8
 
 
@@ -28,7 +29,7 @@ def write_image_samples(spatial: SpatialModel, path: Path, vocabulary: ClassVoca
     size = unet.config.sample_size
     shape = (len(prompts) * per_class, unet.config.in_channels, size, size)
 
-    def predict(x, t):
+    def predict(x, t, reuse):  # every step guided, no cache: always [uncond; cond]
         return unet(x, t, torch.cat([uncond, cond])).sample
 
     noise = initial_noise(noise_generators([seed * 1000 + i for i in range(shape[0])]), shape[1:], device)
@@ -44,13 +45,14 @@ def write_image_samples(spatial: SpatialModel, path: Path, vocabulary: ClassVoca
 def write_video_samples(video_model, spatial: SpatialModel, folder: Path, vocabulary: ClassVocabulary,
                         class_ids: list[int], *, per_class: int = 2, num_frames: int = 16, steps: int = 25,
                         guidance: float = 3.0, seed: int = 0) -> Path:
-    """Sample `per_class` videos of each class: a GIF each and one PNG with a row of frames per video."""
+    """Sample `per_class` videos of each class: a GIF each and one PNG with a row of frames per video.
+    They are sampled as `generate` samples by default (`DEFAULT_SAMPLING`), with `steps` steps."""
     from survgen.data.video import write_video
 
     labels = [c for c in class_ids for _ in range(per_class)]
     seeds = [seed * 1000 + i for i in range(len(labels))]
     videos = to_uint8(VideoSampler(video_model, spatial, vocabulary).sample(
-        labels, seeds, num_frames=num_frames, steps=steps, guidance=guidance))
+        labels, seeds, num_frames=num_frames, guidance=guidance, **{**DEFAULT_SAMPLING, "steps": steps}))
     names = [f"{vocabulary.code(c)}-{i % per_class}" for i, c in enumerate(labels)]
     for name, video in zip(names, videos):
         write_video(folder / f"{name}.gif", video, fps=8)
