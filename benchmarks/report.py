@@ -48,6 +48,8 @@ def architecture_rows(benchmarks) -> list[dict]:
                 row["measure"] = f"{info['accepted'] / seconds * 60:.3g} accepted videos/min"
             if "tflop_per_video" in info:
                 row["measure"] = f"{info['tflop_per_video']:.0f} TFLOP/video"
+            if "sd15_tflop_per_video" in info:
+                row["measure"] += f"; {info['sd15_tflop_per_video']:.1f} TFLOP/video at sd15, counted"
             rows.append(row)
     return rows
 
@@ -83,8 +85,24 @@ def _aims(rows: list[dict]) -> list[str]:
             "| group | comparison | aim | measured | |", "|---|---|---:|---:|---|", *lines]
 
 
+def sweep_section(path: Path, data: dict) -> list[str]:
+    """The sampler sweep (`benchmarks/sampler_sweep.py`): its table, plot and the setting its rule picks."""
+    from sampler_sweep import cheapest_acceptable, table
+
+    rows = data["settings"]
+    return [f"## {path.name}", "", f"- machine: {data['machine']}", f"- command: `{data['command']}`",
+            f"- torch: {data['torch']}; {data['n_per_class']} candidates per class ({', '.join(data['classes'])}) "
+            "and setting, the same seeds in every setting"] + ([f"- note: {data['note']}"] if "note" in data else []) + [
+            "", table(rows), "",
+            f"![sampler sweep]({path.with_suffix('.png').relative_to(path.parent.parent)})", "",
+            f"The rule (fewest counted sd15 FLOPs within the real-vs-real spread, pooled top-1 acceptance at least "
+            f"DDIM 25's) picks **{cheapest_acceptable(rows)}**.", ""]
+
+
 def section(path: Path) -> list[str]:
     data = json.loads(path.read_text())
+    if "settings" in data:
+        return sweep_section(path, data)
     commit = data.get("commit_info", {})
     lines = [f"## {path.name}", "",
              f"- machine: {_machine(data)}",
@@ -104,8 +122,9 @@ def section(path: Path) -> list[str]:
             memory = f"{r['memory_mb']:.0f}" if r["memory_mb"] is not None else ""
             ratio = f"{r['vs_baseline']:.2f}×" if r["vs_baseline"] is not None else ""
             lines.append(f"| {r['group']} | {r['name']} | {r.get('measure', '')} | {memory} | {ratio} |")
-        lines += ["", "The group's baseline is survgen (for `generate`: survgen keeping every video); "
-                  "a ratio above 1 means more time (or FLOPs) than it."]
+        lines += ["", "Each group's baseline is its 1.00× row (survgen; in files from before the sampler sweep, for "
+                  "`generate`, survgen keeping every video; after it, for `generate` and the step savings, the "
+                  "reference sampling: DDIM 25 with no saving); a ratio above 1 means more time (or FLOPs) than it."]
         metrics = sorted({r["memory_metric"] for r in rows if r["memory_metric"]})
         if metrics:
             lines += ["", "Memory: " + "; ".join(metrics) + "."]

@@ -10,8 +10,8 @@ then the script measures:
 - FID, KID and FVD on the classifier's features against the real training data, with
   the real-vs-real floor (two halves of the real recordings) at the same settings.
 
-A setting is "within the real-vs-real spread" when its FID and FVD differ from DDIM 25's
-by no more than the floor's (what two halves of the real data differ by). Results go to
+A setting is "within the real-vs-real spread" when its FID and FVD are no worse than DDIM
+25's by more than the floor's (what two halves of the real data differ by), class by class. Results go to
 benchmarks/results/sampler_sweep.json, a plot to benchmarks/results/sampler_sweep.png; the
 table to paste into benchmarks/RESULTS.md is printed. Resumable: a setting whose folder is
 complete is read back, not made again.
@@ -36,7 +36,10 @@ SETTINGS = [  # name, generate options; the first is the reference (the old defa
     ("unipc 8", dict(sampler="unipc", steps=8)),
     ("dpm++ 8, cache 2", dict(sampler="dpm++", steps=8, cache_interval=2)),
     ("dpm++ 8, guidance t<=700", dict(sampler="dpm++", steps=8, guidance_interval=[0, 700])),
-    ("dpm++ 8, cache 2, guidance t<=700", dict(sampler="dpm++", steps=8, cache_interval=2, guidance_interval=[0, 700])),
+    ("dpm++ 8, cache 3", dict(sampler="dpm++", steps=8, cache_interval=3)),
+    ("dpm++ 8, cache 4", dict(sampler="dpm++", steps=8, cache_interval=4)),
+    ("dpm++ 6, cache 2", dict(sampler="dpm++", steps=6, cache_interval=2)),
+    ("dpm++ 6, cache 3", dict(sampler="dpm++", steps=6, cache_interval=3)),
 ]
 CLASSES = ["G1", "G6", "G7"]
 
@@ -77,28 +80,30 @@ def quality(fake, real, classifier):
 
 
 def within_spread(row, reference, floor):
-    """FID and FVD of every class differ from the reference's by no more than the real-vs-real floor."""
-    return all(abs(row["quality"]["per_class"][c][m] - reference["quality"]["per_class"][c][m]) <= floor[c][m]
+    """FID and FVD of every class are no worse than the reference's by more than the real-vs-real floor."""
+    return all(row["quality"]["per_class"][c][m] - reference["quality"]["per_class"][c][m] <= floor[c][m]
                for c in floor for m in ("fid", "fvd"))
 
 
 def plot(rows, path):
+    """Acceptance and FVD against the counted cost, one marker per setting (a legend, not labels: they overlap)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, row in rows.items():
-        x = row["seconds_per_video"]
-        axes[0].scatter(x, row["top1_pooled"])
-        axes[1].scatter(x, row["quality"]["overall"]["fvd"])
-        for ax, y in ((axes[0], row["top1_pooled"]), (axes[1], row["quality"]["overall"]["fvd"])):
-            ax.annotate(name, (x, y), fontsize=7)
-    axes[0].set(xlabel="seconds per video (this CPU)", ylabel="top-1 acceptance, G1/G6/G7 pooled")
-    axes[1].set(xlabel="seconds per video (this CPU)", ylabel="FVD (classifier features), pooled")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    markers = "osD^v<>pPX*hH"
+    for k, (name, row) in enumerate(rows.items()):
+        x = row["sd15_tflop_per_video"]
+        style = dict(marker=markers[k % len(markers)], linestyle="", label=name)
+        axes[0].plot(x, row["top1_pooled"], **style)
+        axes[1].plot(x, row["quality"]["overall"]["fvd"], **style)
+    axes[0].set(xlabel="TFLOP per video at sd15 (counted)", ylabel="top-1 acceptance, G1/G6/G7 pooled", xscale="log")
+    axes[1].set(xlabel="TFLOP per video at sd15 (counted)", ylabel="FVD (classifier features), pooled", xscale="log")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def main():
@@ -121,7 +126,7 @@ def main():
     results_path = args.results
     rows = json.loads(results_path.read_text())["settings"] if results_path.exists() else {}
     for name, options in SETTINGS:
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or name in rows:  # rows: the settings measured already
             continue
         out, row = run_setting(name, options, args, model, classifier)
         row["quality"] = quality(out, real, classifier)
@@ -131,17 +136,46 @@ def main():
 
 
 def save(rows, args, path):
+    from survgen.models.counts import sampling_flops
+
     reference = rows.get(SETTINGS[0][0])
-    if reference:
-        floor = reference["quality"]["floor"]
-        for row in rows.values():
-            row["within_real_spread"] = within_spread(row, reference, floor)
+    for row in rows.values():
+        if "sd15_tflop_per_video" not in row:
+            row["sd15_tflop_per_video"] = sampling_flops("survgen", "sd15", **row["options"])["flops_per_video"] / 1e12
+        if reference:
+            row["within_real_spread"] = within_spread(row, reference, reference["quality"]["floor"])
             row["speedup_vs_ddim25"] = reference["seconds_per_video"] / row["seconds_per_video"]
     path.write_text(json.dumps({
         "command": f"python benchmarks/sampler_sweep.py --n {args.n} --threads {args.threads}",
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, no GPU",
         "torch": torch.__version__, "n_per_class": args.n, "classes": CLASSES, "settings": rows}, indent=2))
     plot(rows, path.with_suffix(".png"))
+    print(table(rows))
+
+
+def cheapest_acceptable(rows) -> str:
+    """The setting the rule picks: the fewest counted sd15 FLOPs among those within the real-vs-real spread
+    whose pooled top-1 acceptance is at least DDIM 25's."""
+    reference = rows[SETTINGS[0][0]]
+    fit = [n for n, r in rows.items() if r["within_real_spread"] and r["top1_pooled"] >= reference["top1_pooled"]]
+    return min(fit, key=lambda n: rows[n]["sd15_tflop_per_video"])
+
+
+def table(rows) -> str:
+    """The Markdown table for benchmarks/RESULTS.md."""
+    lines = ["| setting | sd15 TFLOP/video (counted) | s/video (this CPU) | top-1 G1 / G6 / G7 | FID G1 / G6 / G7 "
+             "| FVD G1 / G6 / G7 | within real-vs-real spread |", "|---|---:|---:|---|---|---|---|"]
+    for name, row in rows.items():
+        q = row["quality"]["per_class"]
+        lines.append(f"| {name} | {row['sd15_tflop_per_video']:.1f} | {row['seconds_per_video']:.2f} | "
+                     + " / ".join(f"{row['top1_acceptance'][c]:.0%}" for c in CLASSES) + " | "
+                     + " / ".join(f"{q[c]['fid']:.2f}" for c in CLASSES) + " | "
+                     + " / ".join(f"{q[c]['fvd']:.2f}" for c in CLASSES) + " | "
+                     + ("yes" if row.get("within_real_spread") else "no") + " |")
+    floor = next(iter(rows.values()))["quality"]["floor"]
+    lines.append("| real vs real (floor) | | | | " + " / ".join(f"{floor[c]['fid']:.2f}" for c in CLASSES) + " | "
+                 + " / ".join(f"{floor[c]['fvd']:.2f}" for c in CLASSES) + " | |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,32 @@ def test_inference_published_defaults(benchmark, quick, preset, arch, reference)
         benchmark.extra_info.update(role=None, variant="reference")
 
 
+# Each of generate's step savings added in turn, from the reference sampling to the defaults (the last row).
+SAVINGS = [
+    ("reference: ddim 25, text per frame", dict(REFERENCE_SAMPLING, text_per_video=False)),
+    ("+ text keys/values once per video", dict(REFERENCE_SAMPLING, text_per_video=True)),
+    (f"+ {DEFAULT_SAMPLING['sampler']} {DEFAULT_SAMPLING['steps']} steps",
+     dict(REFERENCE_SAMPLING, sampler=DEFAULT_SAMPLING["sampler"], steps=DEFAULT_SAMPLING["steps"])),
+    (f"+ deep features every {DEFAULT_SAMPLING['cache_interval']} steps (the defaults)", dict(DEFAULT_SAMPLING)),
+]
+
+
+@pytest.mark.parametrize("step", range(len(SAVINGS)), ids=[name for name, _ in SAVINGS])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_step_savings(benchmark, quick, preset, step):
+    from survgen.models.counts import sampling_flops
+
+    name, sampling = SAVINGS[step]
+    size = NATIVE_IMAGE_SIZE[preset]
+    benchmark.group = f"generate's step savings, one at a time: {preset} survgen at {size} px"
+    run = {**sampling, **({"steps": 2} if quick else {})}
+    _sample(benchmark, "survgen", preset, image_size=size, quick=quick, **run)
+    benchmark.extra_info.update(label=name, role="baseline" if step == 0 else None)
+    if not quick:  # counting sd15 takes seconds; the smoke run checks the timing path only
+        counted = sampling_flops("survgen", "sd15", frames=16, **sampling)
+        benchmark.extra_info["sd15_tflop_per_video"] = counted["flops_per_video"] / 1e12
+
+
 def _training_memory_cpu(step) -> int:
     """Bytes of the tensors autograd saves for backward in one step (each storage counted once)."""
     saved: dict[int, int] = {}

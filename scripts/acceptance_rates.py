@@ -3,10 +3,11 @@
 For each class, generate N candidates with no rejection but with the classifier's
 scores recorded, then count how many would pass top-1 and top-3 rejection. Chance
 levels are 1/8 and 3/8. Writes benchmarks/results/acceptance_default.json, or
-acceptance_default-<sampler>-<steps>.json (dpm++ written dpmpp) for another sampler than generate's default.
+acceptance_default-<sampler>-<steps>[-cache<N>].json (dpm++ written dpmpp) for another
+sampling than generate's default.
 
     python scripts/acceptance_rates.py [--n 24] [--classes G1 G6 G7] [--out /tmp/acceptance]
-                                       [--sampler dpm++ --steps 10]
+                                       [--sampler ddim --steps 25 --cache-interval 1]
                                        [--model RUN2 --classifier RUN_CLS --save NAME.json]
 
 `--model`/`--classifier` score runs that are not (yet) the shipped default,
@@ -31,6 +32,7 @@ parser.add_argument("--classes", nargs="+", default=["G1", "G6", "G7"])
 parser.add_argument("--out", type=Path, default=Path("/tmp/acceptance"))
 parser.add_argument("--sampler", default=GenerationConfig.sampler)
 parser.add_argument("--steps", type=int, default=GenerationConfig.steps)
+parser.add_argument("--cache-interval", type=int, default=GenerationConfig.cache_interval)
 parser.add_argument("--model", type=Path, help="a stage-2 run (default: the shipped default's)")
 parser.add_argument("--classifier", type=Path, help="a classifier run (default: the shipped default's)")
 parser.add_argument("--save", help="results file name under benchmarks/results/")
@@ -42,7 +44,7 @@ results = {}
 for code in args.classes:
     started = time.perf_counter()
     cfg = GenerationConfig(classes=[code], n=args.n, reject_topk=0, batch_size=4, sampler=args.sampler,
-                           steps=args.steps)
+                           steps=args.steps, cache_interval=args.cache_interval)
     manifest = generate(model, args.out / code, cfg, classifier=classifier)
     videos = manifest["videos"]
     ranks = [[t["class"] for t in v["classifier_topk"]] for v in videos]
@@ -56,16 +58,20 @@ for code in args.classes:
     print(code, results[code], flush=True)
 
 report = {
-    "command": "python scripts/acceptance_rates.py " + " ".join(f"--{k} {v if not isinstance(v, list) else ' '.join(v)}"
-                                                               for k, v in vars(args).items() if v is not None),
+    "command": "python scripts/acceptance_rates.py " + " ".join(
+        f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(v)}"
+        for k, v in vars(args).items() if v is not None),
     "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-    "sampler": f"{args.sampler}, {args.steps} steps, guidance {GenerationConfig.guidance}",
+    "sampler": f"{args.sampler}, {args.steps} steps, deep features every {args.cache_interval}, "
+               f"guidance {GenerationConfig.guidance}",
     "chance": {"top1": 1 / 8, "top3": 3 / 8},
     "per_class": results,
 }
-default = (args.sampler, args.steps) == (GenerationConfig.sampler, GenerationConfig.steps)
+sampling = (args.sampler, args.steps, args.cache_interval)
+default = sampling == (GenerationConfig.sampler, GenerationConfig.steps, GenerationConfig.cache_interval)
+cache = f"-cache{args.cache_interval}" if args.cache_interval > 1 else ""
 name = args.save or ("acceptance_default.json" if default
-                     else f"acceptance_default-{args.sampler.replace('+', 'p')}-{args.steps}.json")
+                     else f"acceptance_default-{args.sampler.replace('+', 'p')}-{args.steps}{cache}.json")
 path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / name
 path.write_text(json.dumps(report, indent=2) + "\n")
 print(path)

@@ -56,7 +56,7 @@ timed "train the rejection classifier (tiny 3D ResNet)" \
   --preset tiny --steps "${CLASSIFIER_STEPS:-600}" --batch-size 16 --val-every 200 --checkpoint-every 200 --quiet
 timed "generate (top-1 rejection, rejected kept)" \
   survgen generate --model "$OUT/temporal-SLB1" --classifier "$OUT/classifier" --class SLB1 --n "${N:-128}" \
-  --reject-topk 1 --keep-rejected --steps "${SAMPLE_STEPS:-25}" --out "$OUT/generated/SLB1" --quiet
+  --reject-topk 1 --keep-rejected ${SAMPLE_STEPS:+--steps "$SAMPLE_STEPS"} --out "$OUT/generated/SLB1" --quiet
 [ -f "$OUT/quality/quality.json" ] || timed "evaluate quality (with the real-vs-real floor)" \
   survgen evaluate quality --real "$OUT/data" --fake "$OUT/generated/SLB1" --classifier "$OUT/classifier" \
   --report "$OUT/quality" --quiet

@@ -276,6 +276,18 @@ def test_options_that_would_be_ignored_are_refused():
     refused(batch, "--batch-size", "--memory")
 
 
+def test_bad_step_savings_are_refused_before_any_work(here):
+    before = snapshot(here)
+    words, order, cache = survgen_each(
+        ["generate", "--out", here / "g1", "--guidance-interval", "early"],
+        ["generate", "--out", here / "g2", "--guidance-interval", "700,100"],
+        ["generate", "--out", here / "g3", "--cache-interval", 0])
+    refused(words, "--guidance-interval 'early'", "LO,HI")
+    refused(order, "--guidance-interval", "LO <= HI")
+    refused(cache, "--cache-interval", "between 1")
+    assert snapshot(here) == before
+
+
 def test_a_dataset_is_never_read_with_another_class_vocabulary(here):
     other = here / "relabelled"
     shutil.copytree(here / "data", other)

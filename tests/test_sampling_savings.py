@@ -5,7 +5,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from survgen.diffusion.sampling import make_sampler, sample_latents, step_plan
+from survgen.diffusion.sampling import SAMPLERS, make_sampler, sample_latents, step_plan
 from survgen.models.per_video_text import PerVideoTextProcessor
 from survgen.models.spatial import build_tiny, save_spatial, v_prediction_scheduler
 from survgen.models.video_unet import TEMPORAL_PRESETS, DeepCache, VideoUNet
@@ -104,6 +104,17 @@ def test_reused_deep_features_change_the_output_only_through_the_deep_branch(vid
     assert not torch.allclose(reused, video_unet(latents, t, text, labels), atol=1e-3)  # ...and the fresh outer level
 
 
+def test_a_model_without_a_deep_feature_cache_is_refused_a_cache_interval():
+    from survgen.classes import ClassVocabulary
+    from survgen.diffusion.video_sampler import VideoSampler
+
+    class Baseline(torch.nn.Linear):  # what the sampler sees of an lvdm model: no `sampling_savings`
+        arch = "lvdm"
+
+    with pytest.raises(ValueError, match="lvdm model has no deep-feature cache"):
+        VideoSampler(Baseline(1, 1), None, ClassVocabulary()).sample([7], [0], steps=4, cache_interval=2)
+
+
 # ------------------------------------------------------------------ the sampler
 def _predict(calls):
     """A model whose output depends on its input, the branch (uncond first half when guided) and `reuse`."""
@@ -127,6 +138,15 @@ def _timesteps(name, steps):
     scheduler = make_sampler(name, v_prediction_scheduler().config)
     scheduler.set_timesteps(steps)
     return scheduler.timesteps.tolist()
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_runs_with_per_video_generators(name):
+    noise = torch.randn(2, 4, 3, 6, 6)
+    generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    out = sample_latents(lambda x, t, reuse: 0.1 * x, make_sampler(name, v_prediction_scheduler().config), noise,
+                         steps=3, guidance=2.0, generators=generators)
+    assert out.shape == noise.shape and torch.isfinite(out).all()
 
 
 def test_guidance_outside_every_step_is_guidance_one():

@@ -11,6 +11,7 @@ model without such a cache ignores it.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,11 +89,13 @@ def sample_latents(
     plan = step_plan(scheduler.timesteps.tolist(), guidance_interval=guidance_interval,
                      cache_interval=cache_interval)
     x = noise * scheduler.init_noise_sigma
+    # the ancestral samplers draw fresh noise from the videos' generators; UniPC's step takes none
+    noise_from = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for t, step in zip(scheduler.timesteps, plan):
         if step.guided:
             uncond, cond = predict(scheduler.scale_model_input(torch.cat([x, x]), t), t, step.reuse).chunk(2)
             output = uncond + guidance * (cond - uncond)
         else:
             output = predict(scheduler.scale_model_input(x, t), t, step.reuse)
-        x = scheduler.step(output, t, x, generator=generators).prev_sample
+        x = scheduler.step(output, t, x, **noise_from).prev_sample
     return x

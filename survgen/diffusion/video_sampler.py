@@ -38,8 +38,8 @@ def check_sampling_options(sampler: str, steps: int, guidance: float, guidance_i
                                           or not 0 <= guidance_interval[0] <= guidance_interval[1]):
         raise ValueError(f"--guidance-interval must be two timesteps LO,HI with 0 <= LO <= HI (guidance where "
                          f"LO <= t <= HI; the noisiest step is t ~ 999), got {guidance_interval}")
-    if not 1 <= cache_interval <= steps:
-        raise ValueError(f"--cache-interval must be between 1 (no reuse) and --steps ({steps}), got {cache_interval}")
+    if not 1 <= cache_interval <= MAX_SAMPLER_STEPS:
+        raise ValueError(f"--cache-interval must be between 1 (no reuse) and {MAX_SAMPLER_STEPS}, got {cache_interval}")
 
 
 def noise_generators(seeds: list[int]) -> list[torch.Generator]:
