@@ -51,7 +51,7 @@ def folder_name(name: str) -> str:
 def run_setting(name, options, args, model, classifier):
     from survgen.generation.run import GenerationConfig, generate
 
-    cfg = GenerationConfig(classes=CLASSES, n=args.n, reject_topk=0, batch_size=4, **options)
+    cfg = GenerationConfig(classes=CLASSES, n=args.n, reject_topk=0, batch_size=4, **{"cache_interval": 1, **options})
     out = args.out / folder_name(name)
     timing = out / "seconds.json"
     started = time.perf_counter()

@@ -31,7 +31,7 @@ def generate(
     steps: Annotated[int, typer.Option("--steps", help="Sampler steps.")] = DEFAULT_SAMPLING["steps"],
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")] = 3.0,
     guidance_interval: Annotated[Optional[str], typer.Option("--guidance-interval", help="LO,HI: guide only the steps at timesteps LO <= t <= HI (of 0-999; the rest run the conditional branch alone, half the cost); default: every step.")] = None,
-    cache_interval: Annotated[int, typer.Option("--cache-interval", help="Compute the U-Net's deep features every N steps and reuse them in between (DeepCache); 1 = every step.")] = DEFAULT_SAMPLING["cache_interval"],
+    cache_interval: Annotated[Optional[int], typer.Option("--cache-interval", help=f"Compute the U-Net's deep features every N steps and reuse them in between (DeepCache); 1 = every step. Default: {DEFAULT_SAMPLING['cache_interval']} for survgen models, 1 for the baselines (they have no such cache).")] = None,
     text_per_video: Annotated[bool, typer.Option("--per-video-text/--per-frame-text", help="Project the prompt's keys and values once per video (the same result up to float rounding) or once per frame (as before).")] = True,
     frames: Annotated[int, typer.Option("--frames", help="Frames per video.")] = 16,
     fps: Annotated[Optional[float], typer.Option("--fps", help="Frame rate of the written videos (default: the clip rate the model trained at).")] = None,

@@ -25,6 +25,7 @@ import torch
 
 from survgen.generation.default import default_runs
 from survgen.generation.run import GenerationConfig, generate
+from survgen.presets import DEFAULT_SAMPLING
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--n", type=int, default=24)
@@ -32,7 +33,7 @@ parser.add_argument("--classes", nargs="+", default=["G1", "G6", "G7"])
 parser.add_argument("--out", type=Path, default=Path("/tmp/acceptance"))
 parser.add_argument("--sampler", default=GenerationConfig.sampler)
 parser.add_argument("--steps", type=int, default=GenerationConfig.steps)
-parser.add_argument("--cache-interval", type=int, default=GenerationConfig.cache_interval)
+parser.add_argument("--cache-interval", type=int, default=DEFAULT_SAMPLING["cache_interval"])
 parser.add_argument("--model", type=Path, help="a stage-2 run (default: the shipped default's)")
 parser.add_argument("--classifier", type=Path, help="a classifier run (default: the shipped default's)")
 parser.add_argument("--save", help="results file name under benchmarks/results/")
@@ -68,7 +69,7 @@ report = {
     "per_class": results,
 }
 sampling = (args.sampler, args.steps, args.cache_interval)
-default = sampling == (GenerationConfig.sampler, GenerationConfig.steps, GenerationConfig.cache_interval)
+default = sampling == (DEFAULT_SAMPLING["sampler"], DEFAULT_SAMPLING["steps"], DEFAULT_SAMPLING["cache_interval"])
 cache = f"-cache{args.cache_interval}" if args.cache_interval > 1 else ""
 name = args.save or ("acceptance_default.json" if default
                      else f"acceptance_default-{args.sampler.replace('+', 'p')}-{args.steps}{cache}.json")

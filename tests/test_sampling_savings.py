@@ -173,15 +173,16 @@ def test_guidance_outside_every_step_is_guidance_one():
 def test_counted_flops_follow_the_plan():
     from survgen.models.counts import sampling_flops
 
-    full = sampling_flops("survgen", "tiny", sampler="dpm++", steps=6, frames=8)
+    plain = dict(sampler="dpm++", steps=6, frames=8, cache_interval=1)
+    full = sampling_flops("survgen", "tiny", **plain)
     assert (full["guided_steps"], full["reused_steps"]) == (6, 0)
     assert full["flops_per_video"] == 6 * full["flops_per_step"] + full["flops_decode"]
-    per_frame = sampling_flops("survgen", "tiny", sampler="dpm++", steps=6, frames=8, text_per_video=False)
+    per_frame = sampling_flops("survgen", "tiny", **plain, text_per_video=False)
     assert per_frame["flops_per_video"] > full["flops_per_video"]
-    half = sampling_flops("survgen", "tiny", sampler="dpm++", steps=6, frames=8, guidance_interval=(1000, 1000))
+    half = sampling_flops("survgen", "tiny", **plain, guidance_interval=(1000, 1000))
     assert half["guided_steps"] == 0
     assert half["flops_per_step"] == pytest.approx(full["flops_per_step"] / 2, rel=0.02)
-    cached = sampling_flops("survgen", "tiny", sampler="dpm++", steps=6, frames=8, cache_interval=3)
+    cached = sampling_flops("survgen", "tiny", **{**plain, "cache_interval": 3})
     assert cached["reused_steps"] == 4
     assert full["flops_per_step"] * 0.3 < cached["flops_per_step"] < full["flops_per_step"] * 0.9
     with pytest.raises(ValueError, match="deep-feature cache"):

@@ -213,8 +213,8 @@ def synthetic_section(real: Path, synthetic: Path, folder: Path, heading: str = 
              f"`{(manifest['model'].get('spatial_unet_sha256') or '–')[:16]}…`)",
              f"- rejection classifier: `{shown_path(manifest['request']['classifier'])}`, keep a video iff its class is in the "
              f"top-{topk}" if topk else "- no rejection sampling (`--reject-topk 0`)",
-             f"- sampler {config['sampler']}, {config['steps']} steps, guidance {config['guidance']}, "
-             f"{config['num_frames']} frames, seed {config['seed']}", ""]
+             f"- sampler {config['sampler']}, {config['steps']} steps{_savings(config)}, guidance "
+             f"{config['guidance']}, {config['num_frames']} frames, seed {config['seed']}", ""]
     rows = [[code, vocabulary.name(vocabulary.resolve(code)), str(e["candidates"]), str(e["accepted"]),
              number(e["acceptance_rate"], 2)] for code, e in per_class.items()]
     lines += [markdown_table(["class", "action", "candidates", "accepted", "acceptance rate"], rows, "llrrr"), ""]
@@ -234,7 +234,18 @@ def synthetic_section(real: Path, synthetic: Path, folder: Path, heading: str = 
     return "\n".join(lines)
 
 
+def _savings(config: dict) -> str:
+    """The generation's step savings as words ("" for none, or a manifest from before them)."""
+    words = ""
+    if (config.get("cache_interval") or 1) > 1:
+        words += f", deep features every {config['cache_interval']} steps"
+    if config.get("guidance_interval"):
+        words += f", guidance at {config['guidance_interval'][0]} <= t <= {config['guidance_interval'][1]}"
+    return words
+
+
 # ---------------------------------------------------------------- the downstream report
+
 def write_downstream_report(results: dict, folder: str | Path, *, command: str | None = None) -> Path:
     """`folder/report.md` and its pictures from `run_downstream`'s results."""
     folder = Path(folder)

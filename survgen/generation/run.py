@@ -77,7 +77,8 @@ class GenerationConfig:
     guidance: float = 3.0
     # [lo, hi]: guide only where lo <= t <= hi; None: every step
     guidance_interval: list[int] | None = DEFAULT_SAMPLING["guidance_interval"]
-    cache_interval: int = DEFAULT_SAMPLING["cache_interval"]  # deep features every N steps, reused between
+    # deep features every N steps, reused between; None: DEFAULT_SAMPLING's for a model that has the cache, else 1
+    cache_interval: int | None = None
     text_per_video: bool = True  # the prompt's keys and values once per video, not per frame
     num_frames: int = 16
     fps: float | None = None  # None: the clip rate the model was trained at
@@ -103,7 +104,7 @@ class GenerationConfig:
             problems.append("give at least one --class")
         try:
             check_sampling_options(self.sampler, self.steps, self.guidance, self.guidance_interval,
-                                   self.cache_interval)
+                                   1 if self.cache_interval is None else self.cache_interval)
         except ValueError as e:
             problems.append(str(e))
         if problems:
@@ -263,6 +264,12 @@ def _check_same_setup(world: World, environment: dict) -> None:
              "by float rounding from those one process makes")
 
 
+def default_cache_interval(video_model) -> int:
+    """The default deep-feature reuse for a model: DEFAULT_SAMPLING's where the model has the cache (survgen's
+    video U-Net), none for the baselines."""
+    return DEFAULT_SAMPLING["cache_interval"] if getattr(video_model, "sampling_savings", False) else 1
+
+
 def _load(model: Path, classifier: Path | None, cfg: GenerationConfig, loaded):
     """The video model (on the GPU when there is one), the judge (None without a classifier), and `cfg` with
     its frame rate resolved; checks the request against both."""
@@ -273,6 +280,8 @@ def _load(model: Path, classifier: Path | None, cfg: GenerationConfig, loaded):
         spatial.text_encoder.to("cuda")
     if cfg.fps is None:
         cfg = dataclasses.replace(cfg, fps=run.options.get("clip_fps") or CLIP_FPS)
+    if cfg.cache_interval is None:
+        cfg = dataclasses.replace(cfg, cache_interval=default_cache_interval(video_model))
     if classifier is None:
         return (video_model, spatial, run), None, cfg
     if loaded and loaded[1] is not None:

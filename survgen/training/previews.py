@@ -51,8 +51,11 @@ def write_video_samples(video_model, spatial: SpatialModel, folder: Path, vocabu
 
     labels = [c for c in class_ids for _ in range(per_class)]
     seeds = [seed * 1000 + i for i in range(len(labels))]
+    sampling = {**DEFAULT_SAMPLING, "steps": steps}
+    if not getattr(video_model, "sampling_savings", False):  # a baseline has no deep-feature cache
+        sampling["cache_interval"] = 1
     videos = to_uint8(VideoSampler(video_model, spatial, vocabulary).sample(
-        labels, seeds, num_frames=num_frames, guidance=guidance, **{**DEFAULT_SAMPLING, "steps": steps}))
+        labels, seeds, num_frames=num_frames, guidance=guidance, **sampling))
     names = [f"{vocabulary.code(c)}-{i % per_class}" for i, c in enumerate(labels)]
     for name, video in zip(names, videos):
         write_video(folder / f"{name}.gif", video, fps=8)
