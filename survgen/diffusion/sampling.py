@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin,
-                       UniPCMultistepScheduler)
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin, UniPCMultistepScheduler
 
 SAMPLERS = {
     "ddim": DDIMScheduler,

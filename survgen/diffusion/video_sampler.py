@@ -18,8 +18,8 @@ import torch
 from survgen.classes import ClassVocabulary
 from survgen.diffusion.sampling import SAMPLERS, make_sampler, sample_latents
 from survgen.models.spatial import SpatialModel
-from survgen.models.video_unet import DeepCache
 from survgen.models.video_models import VideoModel
+from survgen.models.video_unet import DeepCache
 
 MAX_SAMPLER_STEPS = 1000
 MAX_GUIDANCE = 50.0
