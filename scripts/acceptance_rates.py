@@ -59,8 +59,8 @@ for code in args.classes:
     print(code, results[code], flush=True)
 
 report = {
-    "command": "python scripts/acceptance_rates.py " + " ".join(
-        f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(v)}"
+    "command": "python scripts/acceptance_rates.py " + " ".join(  # the scratch --out as OUT: no machine path
+        f"--{k.replace('_', '-')} {'OUT' if k == 'out' else ' '.join(v) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if v is not None),
     "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
     "sampler": f"{args.sampler}, {args.steps} steps, deep features every {args.cache_interval}, "
