@@ -70,3 +70,23 @@ def temporal_run(synth_dataset, spatial_run, tmp_path_factory):
     cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=fast_train(steps=2, batch_size=2))
     train_temporal(synth_dataset, spatial_run[0], out, cfg)
     return out
+
+
+def torchrun(args: list[str], env: dict, processes: int = 2) -> str:
+    """Run `python -m torch.distributed.run --standalone --nproc_per_node N ARGS...`; its stdout, after asserting
+    it succeeded. It gets its own process group, so a hang kills the workers too and leaves nothing running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout

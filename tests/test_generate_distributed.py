@@ -6,9 +6,6 @@ import copy
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -20,6 +17,7 @@ from survgen.generation.candidates import batch_plan, class_end
 from survgen.generation.distributed import World
 from survgen.generation.folder import Part
 from survgen.generation.run import GenerationConfig, _generate_classes
+from tests.conftest import torchrun
 
 G6, G7 = 6, 7
 
@@ -154,19 +152,8 @@ def in_this_process(out):
 
 
 def in_two_processes(out):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # `--`: torchrun would take generate's --n for an abbreviation of its own options and stop
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "survgen",
-           "--", *OPTIONS, "--out", str(out)]
-    # its own process group, so a hang kills the workers too and leaves nothing running
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    stdout = torchrun(["-m", "survgen", "--", *OPTIONS, "--out", str(out)], {**os.environ, "OMP_NUM_THREADS": "1"})
     assert stdout.strip() == str(out)  # the folder, once: rank 1 prints nothing
 
 

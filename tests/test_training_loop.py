@@ -2,9 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from toy_training import ToyModel, run, toy_loss
 from survgen.training.checkpoint import read_latest_checkpoint
 from survgen.training.configs import TrainConfig
 from survgen.training.loop import PlannedBatches, TrainingDivergedError, check_trainable, loader_workers
+from tests.conftest import torchrun
 
 HERE = Path(__file__).parent
 
@@ -120,17 +118,7 @@ def test_planned_batches_give_each_process_a_different_share_and_cover_every_epo
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "toy_training.py"), str(tmp_path / "run"), str(tmp_path)]
-    # its own process group, so a hang kills the workers too and leaves nothing running
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    torchrun([str(HERE / "toy_training.py"), str(tmp_path / "run"), str(tmp_path)], env)
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     for k in a["head"]:
         assert torch.equal(a["head"][k], b["head"][k]), k
