@@ -86,6 +86,10 @@ class X3DClassifier(VideoClassifier):
         self.conv5 = nn.Sequential(nn.Conv3d(channels, last_inner, 1, bias=False), group_norm(last_inner), nn.ReLU())
         self.fc1 = nn.Linear(last_inner, HEAD_WIDTH, bias=False)
         self.head = nn.Linear(HEAD_WIDTH, config.num_classes)
+        # Channels-last 3D weights make every convolution (and so every activation) channels-last: PyTorch's
+        # channel-wise 3D convolution is 2.7x faster that way on the CPU, forward + backward, and a whole X3D-XS
+        # training step 3.7x (3.0 -> 0.82 s for 16 clips of 16 frames at 32 px; benchmarks/NOTES.md).
+        self.to(memory_format=torch.channels_last_3d)
 
     @property
     def feature_dim(self) -> int:
