@@ -36,7 +36,7 @@ from survgen.classes import ClassVocabulary
 from survgen.diffusion.video_sampler import VideoSampler
 from survgen.models.spatial import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SpatialModel, build_tiny
 from survgen.models.video_models import build_video_model, published_sampling
-from survgen.presets import ARCHS, DEFAULT_SAMPLING, NATIVE_IMAGE_SIZE, REFERENCE_SAMPLING
+from survgen.presets import ARCHS, DEFAULT_SAMPLING, NATIVE_IMAGE_SIZE, REFERENCE_SAMPLING, savings_in_words
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESETS = [pytest.param("tiny", id="tiny"),
@@ -109,13 +109,8 @@ SAMPLINGS = [pytest.param(arch, False, id=arch) for arch in ARCHS] + [
 
 
 def sampling_words(sampling: dict) -> str:
-    """e.g. "dpm++ 8, cache 2, guidance t<=700"."""
-    words = f"{sampling['sampler']} {sampling['steps']}"
-    if sampling.get("cache_interval", 1) > 1:
-        words += f", cache {sampling['cache_interval']}"
-    if sampling.get("guidance_interval"):
-        words += f", guidance {sampling['guidance_interval'][0]}<=t<={sampling['guidance_interval'][1]}"
-    return words
+    """e.g. "dpm++ 6, deep features every 3 steps"."""
+    return f"{sampling['sampler']} {sampling['steps']}{savings_in_words(sampling)}"
 
 
 @pytest.mark.parametrize("arch, reference", SAMPLINGS)

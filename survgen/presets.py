@@ -18,6 +18,18 @@ ARCHS = ("survgen",) + BASELINES
 DEFAULT_SAMPLING = dict(sampler="dpm++", steps=6, guidance_interval=None, cache_interval=3)
 REFERENCE_SAMPLING = dict(sampler="ddim", steps=25, guidance_interval=None, cache_interval=1)
 
+
+def savings_in_words(sampling: dict) -> str:
+    """A sampling's step savings as words to follow its sampler and steps ("" for none, or a manifest from
+    before them), e.g. ", deep features every 3 steps"."""
+    words = ""
+    if (sampling.get("cache_interval") or 1) > 1:
+        words += f", deep features every {sampling['cache_interval']} steps"
+    if sampling.get("guidance_interval"):
+        lo, hi = sampling["guidance_interval"]
+        words += f", guidance at {lo} <= t <= {hi}"
+    return words
+
 CLASSIFIER_ARCHS = ("r3d", "x3d", "resnet-lstm")
 CLASSIFIER_ARCH_NAMES = {"r3d": "3D ResNet", "x3d": "X3D", "resnet-lstm": "ResNet-LSTM"}  # as reports name them
 CLASSIFIER_PRESETS = {

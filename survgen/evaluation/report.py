@@ -33,7 +33,7 @@ from survgen.data.stats import class_balance_plot
 from survgen.evaluation.configs import BINARY_HEADLINE
 from survgen.data.video import read_frames, write_video
 from survgen.io import PNG_SOFTWARE, atomic_path, shown_path, write_text_atomic
-from survgen.presets import CLASSIFIER_ARCH_NAMES, CLASSIFIER_PRESETS
+from survgen.presets import CLASSIFIER_ARCH_NAMES, CLASSIFIER_PRESETS, savings_in_words
 from survgen.visualize import grid, save_png, to_uint8
 
 REPORT = "report.md"
@@ -213,7 +213,7 @@ def synthetic_section(real: Path, synthetic: Path, folder: Path, heading: str = 
              f"`{(manifest['model'].get('spatial_unet_sha256') or '–')[:16]}…`)",
              f"- rejection classifier: `{shown_path(manifest['request']['classifier'])}`, keep a video iff its class is in the "
              f"top-{topk}" if topk else "- no rejection sampling (`--reject-topk 0`)",
-             f"- sampler {config['sampler']}, {config['steps']} steps{_savings(config)}, guidance "
+             f"- sampler {config['sampler']}, {config['steps']} steps{savings_in_words(config)}, guidance "
              f"{config['guidance']}, {config['num_frames']} frames, seed {config['seed']}", ""]
     rows = [[code, vocabulary.name(vocabulary.resolve(code)), str(e["candidates"]), str(e["accepted"]),
              number(e["acceptance_rate"], 2)] for code, e in per_class.items()]
@@ -232,16 +232,6 @@ def synthetic_section(real: Path, synthetic: Path, folder: Path, heading: str = 
         lines += ["Accepted videos, the first few of each class:", ""]
         lines += [f"{code}: ![generated {code}]({p.name})" for code, p in gifs] + [""]
     return "\n".join(lines)
-
-
-def _savings(config: dict) -> str:
-    """The generation's step savings as words ("" for none, or a manifest from before them)."""
-    words = ""
-    if (config.get("cache_interval") or 1) > 1:
-        words += f", deep features every {config['cache_interval']} steps"
-    if config.get("guidance_interval"):
-        words += f", guidance at {config['guidance_interval'][0]} <= t <= {config['guidance_interval'][1]}"
-    return words
 
 
 # ---------------------------------------------------------------- the downstream report
