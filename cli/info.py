@@ -57,21 +57,23 @@ def info(
 
 
 def _environment() -> dict:
-    """Versions, the device, the attention backend each use picks (and why the others cannot run), the decoder."""
+    """Versions, the device, the attention backend each device and use picks (and why the others cannot run or are
+    passed over), the decoder."""
     import diffusers
     import torch
     import transformers
 
     from survgen.data.video import video_backend
-    from survgen.kernels import BackendUnavailableError, backend_report, select_backend
+    from survgen.kernels import BackendUnavailableError, backend_report, describe_choice
 
-    probe = torch.empty(1, 1, 1, 1, device="cuda" if torch.cuda.is_available() else "cpu")
     attention = {}
-    for use, training in (("inference", False), ("training", True)):
-        try:
-            attention[use] = select_backend(probe, training=training).name
-        except BackendUnavailableError as e:  # $SURVGEN_ATTENTION names one that cannot run here
-            attention[use] = str(e).splitlines()[0]
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        probe = torch.empty(1, 1, 1, 1, device=device)
+        for use, training in (("inference", False), ("training", True)):
+            try:
+                attention[f"{device} {use}"] = describe_choice(probe, training)
+            except BackendUnavailableError as e:  # $SURVGEN_ATTENTION names one that cannot run here
+                attention[f"{device} {use}"] = str(e).splitlines()[0]
     return {
         "survgen": __version__,
         "torch": torch.__version__,

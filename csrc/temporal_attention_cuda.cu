@@ -37,6 +37,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cuda_runtime.h>
 
@@ -385,6 +386,9 @@ at::Tensor temporal_attention_forward_cuda(const at::Tensor& x, int64_t num_fram
   check_linear_weight(out_bias, x, "out_bias");
 
   const c10::cuda::CUDAGuard device_guard(x.device());
+  // The kernels read at::linear's results as x's dtype; under autocast at::linear would hand back bf16/fp16
+  // for float32 x. So the op computes in x's dtype, as its contract says, whatever autocast is on.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::Tensor input = x.contiguous();
   at::Tensor out = at::empty_like(input, at::MemoryFormat::Contiguous);
   if (input.numel() == 0) {

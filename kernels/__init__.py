@@ -4,7 +4,7 @@
 arguments against the contract, picks a backend (see `backends`: fused
 kernels first, the pure-PyTorch `reference` otherwise, or the one named by
 `backend=`, `set_backend`/`use_backend` or $SURVGEN_ATTENTION; a call that
-records gradients skips backends not `chosen_for_training`) and runs it.
+records gradients skips backends with a `not_for_training` reason) and runs it.
 Every backend means exactly what `reference.temporal_attention_reference`
 computes. The op is also registered with torch.library as
 `torch.ops.survgen.temporal_attention` (see `ops`).
@@ -20,6 +20,7 @@ from .backends import (
     Backend,
     BackendUnavailableError,
     backend_report,
+    describe_choice,
     select_backend,
     set_backend,
     use_backend,
@@ -32,6 +33,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "backend_report",
+    "describe_choice",
     "select_backend",
     "set_backend",
     "sinusoidal_frame_encoding",

@@ -47,9 +47,9 @@ class Backend:
     not_supported_reasons: Callable[[torch.Tensor, bool], list[str]]
     # Same signature as `temporal_attention_reference`.
     forward: Callable[..., torch.Tensor]
-    # Whether the automatic choice takes this backend for calls that record gradients
-    # (it can always be named for them).
-    chosen_for_training: bool = True
+    # Why the automatic choice skips this backend for calls that record gradients (empty: it takes it);
+    # it can always be named for them.
+    not_for_training: str = ""
 
 
 # ---------------------------------------------------------------- what this install has
@@ -123,15 +123,21 @@ def _triton_op(*args) -> torch.Tensor:
     return temporal_attention_triton(*args)
 
 
-# Preference order: the first backend that can run an input is chosen.
+# Preference order: the first backend that can run an input is chosen. On a GPU, Triton first: its
+# projections are tensor-core GEMMs (cuBLAS) around fused prologue/epilogue kernels, and it has a fused
+# backward; the CUDA C++ kernel computes scores with scalar loops and has no backward of its own, so it is
+# the fallback where triton is not installed, and never chosen for training (benchmarks/NOTES.md).
 BACKENDS: tuple[Backend, ...] = (
-    Backend("cuda", _cuda_reasons, _dispatched_op),
     Backend("triton", _triton_reasons, _triton_op),
+    Backend("cuda", _cuda_reasons, _dispatched_op,
+            not_for_training="no fused CUDA backward: its backward recomputes through the reference, slower than "
+                             "autograd through the reference"),
     # On the CPU, forward + backward through the fused kernel recomputes the forward
     # (a third more matmul work than autograd through the reference, which keeps its
-    # activations) and is mostly slower for training (benchmarks/NOTES.md). So training
-    # on the CPU takes the reference unless named.
-    Backend("cpu", _cpu_reasons, _dispatched_op, chosen_for_training=False),
+    # activations) and is mostly slower for training (benchmarks/NOTES.md).
+    Backend("cpu", _cpu_reasons, _dispatched_op,
+            not_for_training="its backward recomputes the forward and measured 0.76-0.86x autograd through the "
+                             "reference on a 2-core CPU"),
     Backend("reference", _reference_reasons, temporal_attention_reference),
 )
 BACKEND_NAMES: tuple[str, ...] = tuple(b.name for b in BACKENDS)
@@ -200,8 +206,8 @@ def select_backend(x: torch.Tensor, requested: str | None = None, *, training: b
 
     `requested` (else set_backend/use_backend, else $SURVGEN_ATTENTION) names
     one; otherwise the first in `BACKENDS` order that can run `x` (for a call
-    that records gradients, `training`, the first that is also
-    `chosen_for_training`). Raises
+    that records gradients, `training`, the first without a
+    `not_for_training` reason). Raises
     `BackendUnavailableError`, listing every backend's reasons, when the named
     one cannot run `x` or none can; `named_by` says in it who named `requested`
     (a command-line flag, say).
@@ -213,9 +219,18 @@ def select_backend(x: torch.Tensor, requested: str | None = None, *, training: b
         headline = f"attention backend {name!r} (named by {source}) cannot run this input ({_describe(x)})"
     else:
         for backend in BACKENDS:
-            if (backend.chosen_for_training or not training) and not backend.not_supported_reasons(x, False):
+            if not (training and backend.not_for_training) and not backend.not_supported_reasons(x, False):
                 return backend
         headline = f"no attention backend can run this input ({_describe(x)})"
     report = {b.name: b.not_supported_reasons(x, b.name == name) for b in BACKENDS}
     lines = [f"  {b}: {'; '.join(r) if r else 'available'}" for b, r in report.items()]
     raise BackendUnavailableError("\n".join([headline + ". Every backend:", *lines]), name, report)
+
+
+def describe_choice(x: torch.Tensor, training: bool) -> str:
+    """The backend `select_backend` takes for `x` (for training or inference), and which faster ones it passed over
+    for training and why: what `survgen info` prints."""
+    chosen = select_backend(x, training=training)
+    passed_over = [f"{b.name}: {b.not_for_training}" for b in BACKENDS[:BACKENDS.index(chosen)]
+                   if training and b.not_for_training and not b.not_supported_reasons(x, False)]
+    return chosen.name + (f" (not {'; '.join(passed_over)})" if passed_over else "")

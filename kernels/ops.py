@@ -100,22 +100,27 @@ def save_inputs(ctx, inputs, output):
     ctx.has_qkv_bias = qkv_bias is not None
 
 
-def recompute_backward(ctx, grad_out):
-    """Autograd backward of the temporal-attention ops, through `temporal_attention_backward_op`."""
-    x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias = ctx.saved_tensors
-    grads = temporal_attention_backward_op(
-        grad_out.contiguous(), x, ctx.num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias,
-        ctx.heads, ctx.eps,
-    )
-    grad_x, grad_norm_weight, grad_norm_bias, grad_qkv_weight, *rest = grads
-    grad_qkv_bias = rest.pop(0) if ctx.has_qkv_bias else None
-    grad_out_weight, grad_out_bias = rest
-    # One entry per op input; the ints and the float (num_frames, heads, eps) have no gradient.
-    return (grad_x, None, grad_norm_weight, grad_norm_bias, grad_qkv_weight, grad_qkv_bias, grad_out_weight,
-            grad_out_bias, None, None)
+def backward_through(backward_op):
+    """Autograd backward of a temporal-attention op whose gradients `backward_op` computes from grad_out, x and
+    the weights (arguments as `temporal_attention_backward_op`)."""
+
+    def backward(ctx, grad_out):
+        x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias = ctx.saved_tensors
+        grads = backward_op(
+            grad_out, x, ctx.num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight,
+            out_bias, ctx.heads, ctx.eps,
+        )
+        grad_x, grad_norm_weight, grad_norm_bias, grad_qkv_weight, *rest = grads
+        grad_qkv_bias = rest.pop(0) if ctx.has_qkv_bias else None
+        grad_out_weight, grad_out_bias = rest
+        # One entry per op input; the ints and the float (num_frames, heads, eps) have no gradient.
+        return (grad_x, None, grad_norm_weight, grad_norm_bias, grad_qkv_weight, grad_qkv_bias, grad_out_weight,
+                grad_out_bias, None, None)
+
+    return backward
 
 
-temporal_attention_op.register_autograd(recompute_backward, setup_context=save_inputs)
+temporal_attention_op.register_autograd(backward_through(temporal_attention_backward_op), setup_context=save_inputs)
 
 
 # ---------------------------------------------------------------- the compiled kernels
