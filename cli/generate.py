@@ -26,7 +26,10 @@ def generate(
     n: Annotated[int, typer.Option("--n", help="Accepted videos per class.")] = 8,
     reject_topk: Annotated[int, typer.Option("--reject-topk", help="Keep a video iff its class is in the classifier's top-k; 0 keeps all.")] = 3,
     max_candidates: Annotated[Optional[int], typer.Option("--max-candidates", help="Cap on candidates per class (default 20 × n).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Videos per forward pass.")] = 4,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", show_default="auto: the largest that fits the GPU's memory, or 2 per CPU core; at most --n",
+        help="Videos per forward pass; part of the request (videos depend on it by float rounding), so a re-run "
+             "of a folder takes the one it recorded.")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="ddim | dpm++ (DPM-Solver++ 2M) | unipc | ddpm (ancestral; Endora's).")] = DEFAULT_SAMPLING["sampler"],
     steps: Annotated[int, typer.Option("--steps", help="Sampler steps.")] = DEFAULT_SAMPLING["steps"],
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")] = 3.0,

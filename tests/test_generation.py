@@ -13,6 +13,7 @@ from survgen.classes import ClassVocabulary
 from survgen.data.index import build_index
 from survgen.diffusion.video_sampler import VideoSampler
 from survgen.generation.candidates import accepted, candidate_seed
+from survgen.generation.batch_size import automatic_batch_size, batch_for_memory
 from survgen.generation.run import GenerationConfig, GenerationError, generate
 from survgen.models.classifier import ClassifierConfig
 from survgen.models.loading import load_video_model
@@ -281,3 +282,24 @@ def test_the_shipped_default_generates_with_no_model_argument(tmp_path):
     assert manifest["request"]["model"].endswith("assets/default/temporal")
     assert manifest["request"]["classifier"].endswith("assets/default/classifier")
     assert all(len(v["classifier_topk"]) == 3 for v in manifest["videos"])
+
+
+def test_the_automatic_batch_fits_the_memory_share_and_the_cpu_cores(monkeypatch):
+    gib = 1 << 30
+    assert batch_for_memory(10 * gib, gib, cap=64) == 8  # 85 % of 10 GiB holds 8 videos of 1 GiB
+    assert batch_for_memory(10 * gib, gib, cap=5) == 5
+    assert batch_for_memory(gib, 3 * gib, cap=64) == 1  # one video always, even when it does not fit
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert automatic_batch_size(torch.device("cpu"), sample_one=None, n=100) == 6  # 2 videos per core
+    assert automatic_batch_size(torch.device("cpu"), sample_one=None, n=4) == 4  # never more than --n
+
+
+def test_an_automatic_batch_size_is_recorded_and_a_rerun_takes_it(video_model, temporal_run, tmp_path, monkeypatch):
+    out = tmp_path / "gen"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    first = run(video_model, temporal_run, out, batch_size=None, n=3, reject_topk=0)
+    assert first["request"]["config"]["batch_size"] == 2  # 2 videos per core, 1 core
+    assert [v["batch_size"] for v in first["videos"]] == [2, 2, 2]  # the last block's second video is surplus
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # auto would now be 3: the folder says 2
+    more = run(video_model, temporal_run, out, batch_size=None, n=3, reject_topk=0)
+    assert more["request"]["config"]["batch_size"] == 2 and more["videos"] == first["videos"]

@@ -128,7 +128,7 @@ class Candidates:
         named; `write` writes it, once the candidate is known to be kept) and uint8 frames."""
         cfg, code = self.cfg, self.vocabulary.code(class_id)
         seeds = [candidate_seed(cfg.seed, class_id, i) for i in indices]
-        frames, probs = self._sample(class_id, seeds)
+        frames, probs = self.sample(class_id, seeds)
         made = []
         for j, (i, seed) in enumerate(zip(indices, seeds)):
             record = {"candidate": i, "batch": indices[0], "batch_size": len(indices), "class": code,
@@ -150,7 +150,7 @@ class Candidates:
         """Sample `batch` (the records of one batch) again and rewrite the files of those in `damaged`, judged
         again; returns the records whose verdict changed."""
         members, seeds = self._sampled_with(batch)
-        frames, probs = self._sample(batch[0]["class_id"], seeds)
+        frames, probs = self.sample(batch[0]["class_id"], seeds)
         changed = []
         for record in batch:
             if not any(record is d for d in damaged):
@@ -176,7 +176,9 @@ class Candidates:
         members = list(range(first["batch"], first["batch"] + first["batch_size"]))
         return members, [candidate_seed(self.cfg.seed, first["class_id"], c) for c in members]
 
-    def _sample(self, class_id: int, seeds: list[int]) -> tuple[np.ndarray, torch.Tensor | None]:
+    def sample(self, class_id: int, seeds: list[int]) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Videos of `class_id` for `seeds`, sampled as one batch, as uint8 frames; and the judge's
+        probabilities for them (None without a judge)."""
         cfg = self.cfg
         clips = self.sampler.sample([class_id] * len(seeds), seeds, num_frames=cfg.num_frames, steps=cfg.steps,
                                     guidance=cfg.guidance, sampler=cfg.sampler,

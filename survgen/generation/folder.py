@@ -89,6 +89,16 @@ def open_manifest(out: Path, request: dict, environment: dict, fingerprint: Call
     return manifest
 
 
+def recorded_batch_size(out: Path) -> int | None:
+    """The batch size a generation folder's manifest records (None: no manifest, or one that does not say);
+    an unreadable manifest is left for `open_output` to report."""
+    try:
+        size = json.loads((out / MANIFEST).read_text())["request"]["config"]["batch_size"]
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    return size if isinstance(size, int) and size >= 1 else None
+
+
 def open_output(out: Path, request: dict) -> dict | None:
     """The manifest to continue, or None for a new folder; refuse a folder holding something else."""
     manifest_path = out / MANIFEST

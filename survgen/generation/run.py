@@ -8,7 +8,8 @@ recognisably those of the class it was made for.
 The output folder is a dataset in the project's CSV layout; `survgen.generation.folder`
 says what it holds.
 
-Batches: candidates are sampled in fixed blocks of --batch-size by candidate number,
+Batches: candidates are sampled in fixed blocks of --batch-size (by default the largest that fits,
+`survgen.generation.batch_size`, recorded in the manifest) by candidate number,
 [k·B, (k+1)·B) cut at --max-candidates (`survgen.generation.candidates.batch_plan`). A
 class ends at its n-th accepted candidate; the later ones of that block are surplus:
 sampled and judged with it, never recorded or written. So a class ends with exactly n
@@ -51,11 +52,12 @@ from survgen.classes import ClassVocabulary
 from survgen.console import warn
 from survgen.data.index import CLIP_FPS
 from survgen.diffusion.video_sampler import VideoSampler, check_sampling_options
+from survgen.generation.batch_size import automatic_batch_size
 from survgen.generation.candidates import Candidates, batch_plan, class_end, video_files
 from survgen.generation.distributed import World, joined
 from survgen.generation.folder import (MANIFEST, GenerationError, Part, check_output, generation_request,
-                                       model_fingerprint, open_manifest, record_key, remove_parts, summarise,
-                                       write_dataset_files)
+                                       model_fingerprint, open_manifest, record_key, recorded_batch_size,
+                                       remove_parts, summarise, write_dataset_files)
 from survgen.generation.repair import repair
 from survgen.io import write_json_atomic
 from survgen.models.loading import load_classifier, load_video_model, spatial_model_dir
@@ -71,7 +73,7 @@ class GenerationConfig:
     n: int = 8  # accepted videos per class
     reject_topk: int = 3  # keep a video iff its class is in the classifier's top-k; 0 keeps every video
     max_candidates: int | None = None  # per class; None: 20 × n
-    batch_size: int = 4
+    batch_size: int | None = None  # None: the largest that fits (`batch_size.automatic_batch_size`), recorded
     sampler: str = DEFAULT_SAMPLING["sampler"]
     steps: int = DEFAULT_SAMPLING["steps"]
     guidance: float = 3.0
@@ -94,7 +96,7 @@ class GenerationConfig:
             problems.append(f"--reject-topk must be 0 (no rejection) or more, got {self.reject_topk}")
         if self.max_candidates is not None and self.max_candidates < self.n:
             problems.append(f"--max-candidates ({self.max_candidates}) must be at least --n ({self.n})")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.num_frames < 1:
             problems.append(f"--frames must be at least 1, got {self.num_frames}")
@@ -219,8 +221,13 @@ def _generate(world: World, model: Path, out: Path, cfg: GenerationConfig, class
     (video_model, spatial, run), judge, cfg = _load(model, classifier, cfg, loaded)
     vocabulary = run.vocabulary
     class_ids = [vocabulary.resolve(c) for c in cfg.classes]
-    environment = sampling_environment(next(video_model.parameters()).device)
+    device = next(video_model.parameters()).device
+    environment = sampling_environment(device)
     _check_same_setup(world, environment)
+    sampler = VideoSampler(video_model, spatial, vocabulary)
+    if cfg.batch_size is None:
+        probe = Candidates(out, cfg, sampler, judge, vocabulary)
+        cfg = dataclasses.replace(cfg, batch_size=_batch_size(world, out, cfg, device, probe, class_ids[0]))
     if world.main:
         warn_unseen_classes(model, run, class_ids)
 
@@ -230,7 +237,7 @@ def _generate(world: World, model: Path, out: Path, cfg: GenerationConfig, class
     manifest = world.share(open_manifest(out, generation_request(cfg, model, classifier), environment, fingerprint)
                            if world.main else None)
     videos: list[dict] = manifest["videos"]
-    candidates = Candidates(out, cfg, VideoSampler(video_model, spatial, vocabulary), judge, vocabulary)
+    candidates = Candidates(out, cfg, sampler, judge, vocabulary)
     part = Part(out, world)
 
     def save():
@@ -254,6 +261,17 @@ def _generate(world: World, model: Path, out: Path, cfg: GenerationConfig, class
         _write_contact_sheet(out, sheet)  # the dataset files and the manifest are current after every round
         remove_parts(out)
     return manifest
+
+
+def _batch_size(world: World, out: Path, cfg: GenerationConfig, device: torch.device, probe: Candidates,
+                class_id: int) -> int:
+    """The batch size the folder recorded, else the smallest of the processes' automatic choices (`probe`
+    samples and judges one video of `class_id` for the measurement)."""
+    recorded = world.share(recorded_batch_size(out) if world.main else None)
+    if recorded is not None:
+        return recorded
+    mine = automatic_batch_size(device, lambda: probe.sample(class_id, [cfg.seed]), cfg.n)
+    return min(world.gather(mine))
 
 
 def _check_same_setup(world: World, environment: dict) -> None:
