@@ -419,11 +419,12 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
         warn(w)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    for arm in arms:
-        index = combine(train_index, arm.synthetic)
-        for seed in cfg.seeds:
-            record = train_and_score(real, out / "runs" / arm.slug / f"seed-{seed}", arm, seed, index, points,
-                                     vocabulary, cfg.classifier, progress)
+    indexes = {arm.slug: combine(train_index, arm.synthetic) for arm in arms}
+    # Seed by seed, every arm: a job stopped part-way has paired results for the seeds it finished.
+    for seed in cfg.seeds:
+        for arm in arms:
+            record = train_and_score(real, out / "runs" / arm.slug / f"seed-{seed}", arm, seed, indexes[arm.slug],
+                                     points, vocabulary, cfg.classifier, progress)
             results["runs"].append({k: v for k, v in record.items() if k != "predictions"})
             results["summary"] = summarise(results["runs"], arms, vocabulary)
             write_json_atomic(out / RESULTS, results)  # after every run, so a killed job keeps what it finished
