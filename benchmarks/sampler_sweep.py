@@ -136,7 +136,7 @@ def main():
 
 
 def save(rows, args, path):
-    from survgen.models.counts import sampling_flops
+    from survgen.diffusion.cost import sampling_flops
 
     reference = rows.get(SETTINGS[0][0])
     for row in rows.values():

@@ -16,7 +16,7 @@
 - `generate --class G7 --reject-topk 3` on the shipped model: accepted videos
   per minute with the defaults, against the reference sampling;
 - the cost of one video at paper scale with each model's published sampling,
-  in FLOPs counted on the meta device (`survgen.models.counts.sampling_flops`):
+  in FLOPs counted on the meta device (`survgen.diffusion.cost.sampling_flops`):
   a cost model that any machine can compute, not a timing.
 
 The tiny preset runs everywhere; the sd15 (paper) scale only with CUDA. Models
@@ -140,7 +140,7 @@ SAVINGS = [
 @pytest.mark.parametrize("step", range(len(SAVINGS)), ids=[name for name, _ in SAVINGS])
 @pytest.mark.parametrize("preset", PRESETS)
 def test_step_savings(benchmark, quick, preset, step):
-    from survgen.models.counts import sampling_flops
+    from survgen.diffusion.cost import sampling_flops
 
     name, sampling = SAVINGS[step]
     size = NATIVE_IMAGE_SIZE[preset]
@@ -248,7 +248,7 @@ def test_generate_throughput(benchmark, quick, tmp_path, reference):
 
 @pytest.mark.parametrize("arch, reference", SAMPLINGS)
 def test_paper_scale_flops(benchmark, arch, reference):
-    from survgen.models.counts import sampling_flops
+    from survgen.diffusion.cost import sampling_flops
 
     benchmark.group = "cost at paper scale (sd15), published sampling: FLOPs counted on the meta device, not timed"
     sampling = REFERENCE_SAMPLING if reference else {}

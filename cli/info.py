@@ -89,7 +89,8 @@ def _environment() -> dict:
 def _preset_cost(preset: str, arch: str) -> dict:
     """Parameter counts and sampling FLOPs of a preset's video model, counted on the meta device (a cost
     model, not a timing)."""
-    from survgen.models.counts import preset_parameter_counts, sampling_flops
+    from survgen.diffusion.cost import sampling_flops
+    from survgen.models.counts import preset_parameter_counts
 
     cost = sampling_flops(arch, preset)
     return {"parameters": {"arch": arch, "preset": preset, **preset_parameter_counts(preset, arch)},

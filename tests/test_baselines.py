@@ -152,7 +152,7 @@ def test_tiny_baselines_are_about_the_size_of_the_tiny_survgen_video_model():
 
 
 def test_sampling_flops_follow_steps_and_frames_and_the_published_sampling():
-    from survgen.models.counts import sampling_flops
+    from survgen.diffusion.cost import sampling_flops
 
     base = sampling_flops("survgen", "tiny", steps=10, frames=8)
     assert base["flops_per_video"] == 10 * base["flops_per_step"] + base["flops_decode"]

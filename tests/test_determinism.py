@@ -8,6 +8,7 @@ each video's batch, so a lost one is made again in the same batch: tests/test_ge
 """
 
 import hashlib
+import math
 import os
 
 import numpy as np
@@ -77,6 +78,12 @@ def test_a_video_is_the_same_bits_in_the_same_batch_and_within_one_level_in_anot
     assert np.abs(to_uint8(alone[0]).astype(int) - to_uint8(batch[2]).astype(int)).max() <= 1
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two 8-bit videos, in dB (inf when equal)."""
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
 def test_two_runs_with_the_same_seed_write_the_same_files(video_model, temporal_run, tmp_path):
     def make(name, batch_size):
         # DDIM: regrouping's rounding, measured below, stays small; DPM-Solver++ with deep-feature reuse carries it
@@ -94,8 +101,11 @@ def test_two_runs_with_the_same_seed_write_the_same_files(video_model, temporal_
     assert (once / "labels.csv").read_text() == (twice / "labels.csv").read_text()
 
     regrouped = make("c", 3)  # one batch [0, 1, 2]: another request, the same videos up to rounding
+    frames = {(run, f): read_frames(run / f, range(8)).astype(float) for run in (once, regrouped) for f in files}
     for f in files:
-        difference = read_frames(once / f, range(8)).astype(int) - read_frames(regrouped / f, range(8)).astype(int)
-        # One level before encoding (the test above); H.264 at CRF 18 may code a block another way over it,
-        # which moves a few pixels further but not the video (different videos differ by tens of levels).
-        assert np.abs(difference).mean() < 0.5 and (np.abs(difference) > 3).mean() < 0.01, f
+        # At most one level apart before encoding (the test above); H.264 at CRF 18 may then code a block another
+        # way, moving some pixels several levels. So the bound is on the whole video: PSNR, where two different
+        # videos of this model score far lower (the second assert keeps the first meaningful). Measured here:
+        # 47.5 and 56.7 dB regrouped (one video identical), 26.9 dB between two candidates.
+        assert psnr(frames[once, f], frames[regrouped, f]) > 40, f
+    assert psnr(frames[once, files[0]], frames[once, files[1]]) < 30

@@ -171,7 +171,7 @@ def test_guidance_outside_every_step_is_guidance_one():
 
 # ------------------------------------------------------------------ what the savings cost, counted
 def test_counted_flops_follow_the_plan():
-    from survgen.models.counts import sampling_flops
+    from survgen.diffusion.cost import sampling_flops
 
     plain = dict(sampler="dpm++", steps=6, frames=8, cache_interval=1)
     full = sampling_flops("survgen", "tiny", **plain)

@@ -44,7 +44,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from survgen.classes import ClassVocabulary
-from survgen.models.counts import _spatial_on_meta
+from survgen.models.counts import spatial_on_meta
 from survgen.models.video_models import NATIVE_IMAGE_SIZE, build_video_model
 
 GiB = 2**30
@@ -178,7 +178,7 @@ def spatial_stage_memory(preset: str, *, batch_size: int, image_size: int, mixed
     dtype = DTYPES[mixed_precision]
     train_text = preset == "tiny"  # stage 1's default: tiny's text encoder starts random, SD's is kept
     with torch.device("meta"):
-        spatial = _spatial_on_meta(preset)
+        spatial = spatial_on_meta(preset)
         trained = [spatial.unet] + ([spatial.text_encoder] if train_text else [])
         frozen = [spatial.vae] + ([] if train_text else [spatial.text_encoder])
         states = _states([(torch.float32, frozen)], _parameters(trained), ema)
@@ -203,7 +203,7 @@ def temporal_stage_memory(preset: str, *, batch_size: int, image_size: int, mixe
 
     dtype = DTYPES[mixed_precision]
     with torch.device("meta"):
-        spatial = _spatial_on_meta(preset)
+        spatial = spatial_on_meta(preset)
         latent = _latent_size(image_size, spatial)
         video = build_video_model("survgen", spatial, preset=preset, num_classes=len(ClassVocabulary()),
                                   latent_size=latent)
