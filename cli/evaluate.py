@@ -133,6 +133,8 @@ def downstream_command(
     without_rs: Annotated[bool, typer.Option("--without-rs/--no-without-rs", help="For each rule, also train the arm of as many first candidates, accepted or not (needs the rejected videos kept).")] = DOWNSTREAM.without_rejection,
     preset: Annotated[str, typer.Option("--preset", help="Recogniser: x3d-xs (X3D, as in the paper's task 1; not the rejection classifier's network) | tiny | r3d18 (3D ResNets) | resnet-lstm | resnet18-lstm (ResNet-LSTM, the paper's task 2).")] = DOWNSTREAM.classifier.preset,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Frame size the recogniser sees (default: the preset's).")] = None,
+    clip_length: Annotated[int, typer.Option("--clip-length", min=1, help="Frames per clip the recogniser sees (X3D-XS as published: 4).")] = DOWNSTREAM.classifier.clip_length,
+    clip_fps: Annotated[float, typer.Option("--clip-fps", min=0.01, help="Clip frame rate: each video's frame stride is round(fps / clip-fps) (X3D-XS as published: 2.5, i.e. every 12th frame at 30 fps).")] = DOWNSTREAM.classifier.clip_fps,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps, the same for every arm.")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per step, the same for every arm.")] = 16,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 3e-3,
@@ -152,7 +154,8 @@ def downstream_command(
 
     base = DOWNSTREAM  # run_downstream refuses a --report folder holding something else
     classifier = dataclasses.replace(
-        base.classifier, preset=preset, image_size=image_size, balance=balance,
+        base.classifier, preset=preset, image_size=image_size, clip_length=clip_length, clip_fps=clip_fps,
+        balance=balance,
         train=dataclasses.replace(base.classifier.train, steps=steps, batch_size=batch_size, lr=lr,
                                   checkpoint_every=max(1, min(100, steps))))
     cfg = dataclasses.replace(base, seeds=list(seeds), rejection=list(rejection), without_rejection=without_rs,

@@ -3,11 +3,11 @@
 For each class, generate N candidates with no rejection but with the classifier's
 scores recorded, then count how many would pass top-1 and top-3 rejection. Chance
 levels are 1/8 and 3/8. Writes benchmarks/results/acceptance_default.json, or
-acceptance_default-<sampler>-<steps>[-cache<N>].json (dpm++ written dpmpp) for another
-sampling than generate's default.
+acceptance_default-<sampler>-<steps>[-cache<N>][-guidance<G>].json (dpm++ written dpmpp)
+for another sampling than generate's default.
 
     python scripts/acceptance_rates.py [--n 24] [--classes G1 G6 G7] [--out /tmp/acceptance]
-                                       [--sampler ddim --steps 25 --cache-interval 1]
+                                       [--sampler ddim --steps 25 --cache-interval 1] [--guidance 5]
                                        [--model RUN2 --classifier RUN_CLS --save NAME.json]
 
 `--model`/`--classifier` score runs that are not (yet) the shipped default,
@@ -34,6 +34,7 @@ parser.add_argument("--out", type=Path, default=Path("/tmp/acceptance"))
 parser.add_argument("--sampler", default=GenerationConfig.sampler)
 parser.add_argument("--steps", type=int, default=GenerationConfig.steps)
 parser.add_argument("--cache-interval", type=int, default=DEFAULT_SAMPLING["cache_interval"])
+parser.add_argument("--guidance", type=float, default=GenerationConfig.guidance)
 parser.add_argument("--model", type=Path, help="a stage-2 run (default: the shipped default's)")
 parser.add_argument("--classifier", type=Path, help="a classifier run (default: the shipped default's)")
 parser.add_argument("--save", help="results file name under benchmarks/results/")
@@ -45,7 +46,7 @@ results = {}
 for code in args.classes:
     started = time.perf_counter()
     cfg = GenerationConfig(classes=[code], n=args.n, reject_topk=0, batch_size=4, sampler=args.sampler,
-                           steps=args.steps, cache_interval=args.cache_interval)
+                           steps=args.steps, cache_interval=args.cache_interval, guidance=args.guidance)
     manifest = generate(model, args.out / code, cfg, classifier=classifier)
     videos = manifest["videos"]
     ranks = [[t["class"] for t in v["classifier_topk"]] for v in videos]
@@ -64,15 +65,16 @@ report = {
         for k, v in vars(args).items() if v is not None),
     "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
     "sampler": f"{args.sampler}, {args.steps} steps, deep features every {args.cache_interval}, "
-               f"guidance {GenerationConfig.guidance}",
+               f"guidance {args.guidance:g}",
     "chance": {"top1": 1 / 8, "top3": 3 / 8},
     "per_class": results,
 }
 sampling = (args.sampler, args.steps, args.cache_interval)
 default = sampling == (DEFAULT_SAMPLING["sampler"], DEFAULT_SAMPLING["steps"], DEFAULT_SAMPLING["cache_interval"])
 cache = f"-cache{args.cache_interval}" if args.cache_interval > 1 else ""
-name = args.save or ("acceptance_default.json" if default
-                     else f"acceptance_default-{args.sampler.replace('+', 'p')}-{args.steps}{cache}.json")
+guidance = f"-guidance{args.guidance:g}" if args.guidance != GenerationConfig.guidance else ""
+name = args.save or ("acceptance_default.json" if default and not guidance
+                     else f"acceptance_default-{args.sampler.replace('+', 'p')}-{args.steps}{cache}{guidance}.json")
 path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / name
 path.write_text(json.dumps(report, indent=2) + "\n")
 print(path)

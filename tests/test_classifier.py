@@ -75,6 +75,37 @@ def test_x3d_has_the_papers_size_and_takes_awkward_clips():
         ClassifierConfig(arch="x4d")
 
 
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((2, 5, 3, 7, 6), 3, (1, 2, 2), 1),  # X3D's strided block, odd sizes the stride does not divide
+    ((3, 4, 6, 5, 5), 3, 1, 1),
+    ((2, 6, 7, 3, 4), (5, 1, 1), 1, (2, 0, 0)),  # X3D's temporal stem
+    ((1, 3, 5, 9, 8), (3, 2, 3), (2, 3, 1), (0, 1, 2)),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channelwise_convolution_matches_conv3d_forward_and_backward(shape, kernel, stride, padding, channels_last):
+    from survgen.models.channelwise import ChannelwiseConv3d
+
+    torch.manual_seed(0)
+    fast = ChannelwiseConv3d(shape[1], kernel, stride=stride, padding=padding).double()
+    reference = torch.nn.Conv3d(shape[1], shape[1], kernel, stride=stride, padding=padding, groups=shape[1],
+                                bias=False).double()
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    outs, grads = [], []
+    for conv in (fast, reference):
+        leaf = x.clone().requires_grad_(True)
+        out = conv(leaf)
+        g = torch.randn_like(out, generator=torch.Generator().manual_seed(1))
+        outs.append(out)
+        grads.append(torch.autograd.grad(out, [leaf, conv.weight], g))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    for one, two in zip(*grads, strict=True):
+        assert one.shape == two.shape
+        torch.testing.assert_close(one, two, rtol=1e-10, atol=1e-10)
+
+
 def test_x3d_learns_and_its_run_loads_back_as_x3d(synth_dataset, tmp_path):
     from survgen.models.x3d import X3DClassifier
 

@@ -106,6 +106,31 @@ def test_read_frames_keeps_order_and_repeats_and_refuses_missing_frames(tmp_path
         read_frames(tmp_path / "missing.avi", [0])
 
 
+def test_frame_cache_decodes_each_frame_once_within_its_budget(tmp_path, monkeypatch):
+    import survgen.data.video as video
+
+    paths = [write_video(tmp_path / f"v{i}.avi", _moving_frames(), 10) for i in range(2)]
+    plain = [read_frames(p, [3, 9, 3], 16) for p in paths]
+    decoded = []
+    real_decode = video._decode
+    monkeypatch.setattr(video, "_decode", lambda path, unique, *a: decoded.append(list(unique)) or real_decode(path, unique, *a))
+    one_video = 20 * 16 * 16 * 3
+    with video.frame_cache(one_video) as cache:
+        first = read_frames(paths[0], [3, 9, 3], 16)
+        first[:] = 0  # a caller's array never aliases the cache
+        again = read_frames(paths[0], [9, 10, 3], 16)
+        assert decoded == [[3, 9], [10]]  # only the frame not read before is decoded
+        assert np.array_equal(again[[0, 2]], plain[0][[1, 0]])
+        assert cache.bytes == 3 * 16 * 16 * 3
+        read_frames(paths[1], range(20), 16)  # a whole second video: over the budget, the first is dropped
+        assert cache.bytes <= one_video and len(cache.videos) == 1
+        assert np.array_equal(read_frames(paths[0], [3, 9], 16), plain[0][:2])
+        assert decoded[-1] == [3, 9]
+    assert video._FRAME_CACHE is None
+    read_frames(paths[0], [3], 16)
+    assert decoded[-1] == [3]  # outside the block nothing is kept
+
+
 def test_truncated_and_corrupt_files_raise_video_read_error_naming_the_file(tmp_path):
     path = write_video(tmp_path / "v.avi", _moving_frames(), 10)
     data = path.read_bytes()

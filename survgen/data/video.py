@@ -24,6 +24,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -87,10 +88,9 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 def _probe(path: Path) -> tuple[VideoInfo, _Keyframes | None]:
     try:
-        stat = path.stat()
+        key = _file_key(path)
     except OSError as e:
         raise VideoReadError(f"{path}: cannot open ({e.strerror or e})") from None
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _PROBES:
         _PROBES[key] = _probe_uncached(path)
     return _PROBES[key]
@@ -169,6 +169,19 @@ def read_frames(path: str | Path, indices: Iterable[int], size: int | None = Non
             f"{path}: frame {bad[0]} does not exist (the video has {info.num_frames} readable frames, 0..{info.num_frames - 1})"
         )
     unique = sorted(set(indices))
+    key = (_file_key(path), size)
+    frames = _FRAME_CACHE.take(key, unique) if _FRAME_CACHE else {}
+    missing = [i for i in unique if i not in frames]
+    if missing:
+        decoded = _decode(path, missing, info, keyframes, size)
+        frames.update(zip(missing, decoded))
+        if _FRAME_CACHE:
+            _FRAME_CACHE.keep(key, dict(zip(missing, decoded)))
+    return np.stack([frames[i] for i in indices])
+
+
+def _decode(path: Path, unique: list[int], info: VideoInfo, keyframes: _Keyframes | None,
+            size: int | None) -> np.ndarray:
     if video_backend() == "decord":
         batch = _decode_decord(path, unique, info, size)
     else:
@@ -177,8 +190,57 @@ def read_frames(path: str | Path, indices: Iterable[int], size: int | None = Non
     if batch.shape != (len(unique), height, width, 3):
         raise VideoReadError(f"{path}: got frames of shape {batch.shape[1:]} for a "
                              f"{info.width}x{info.height} video; the file is damaged")
-    position = {frame: i for i, frame in enumerate(unique)}
-    return np.ascontiguousarray(batch[[position[i] for i in indices]])
+    return batch
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    """A file's identity for the per-process caches: a file replaced since is a new key."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+# ---------------------------------------------------------------- decoded frames kept in memory
+class _FrameCache:
+    """Decoded frames by (file, size) and frame number, up to `max_bytes`; the least recently read video's
+    frames are dropped first. Frames are copies, so a caller's array never aliases the cache."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.videos: OrderedDict[tuple, dict[int, np.ndarray]] = OrderedDict()
+
+    def take(self, key: tuple, unique: list[int]) -> dict[int, np.ndarray]:
+        held = self.videos.get(key)
+        if held is None:
+            return {}
+        self.videos.move_to_end(key)
+        return {i: held[i] for i in unique if i in held}
+
+    def keep(self, key: tuple, frames: dict[int, np.ndarray]) -> None:
+        held = self.videos.setdefault(key, {})
+        self.videos.move_to_end(key)
+        for i, frame in frames.items():
+            if i not in held:
+                held[i] = frame.copy()
+                self.bytes += frame.nbytes
+        while self.bytes > self.max_bytes and self.videos:
+            self.bytes -= sum(f.nbytes for f in self.videos.popitem(last=False)[1].values())
+
+
+_FRAME_CACHE: _FrameCache | None = None
+
+
+@contextmanager
+def frame_cache(max_bytes: int):
+    """Within the block, `read_frames` keeps decoded frames in this process, up to `max_bytes`, so that frames
+    read again (the same clips over many training runs) are decoded once. Forked DataLoader workers inherit
+    what the cache held when they started, but what they add is lost with them."""
+    global _FRAME_CACHE
+    before, _FRAME_CACHE = _FRAME_CACHE, _FrameCache(max_bytes)
+    try:
+        yield _FRAME_CACHE
+    finally:
+        _FRAME_CACHE = before
 
 
 # ---------------------------------------------------------------- PyAV
@@ -204,8 +266,7 @@ os.register_at_fork(after_in_child=_park_inherited)
 
 
 def _container(path: Path) -> av.container.InputContainer:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = _file_key(path)
     if key in _CONTAINERS:
         _CONTAINERS.move_to_end(key)
         return _CONTAINERS[key]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from survgen.models.channelwise import ChannelwiseConv3d
 from survgen.models.classifier import ClassifierConfig, VideoClassifier, group_norm
 
 EXPANSION = 2.25  # inner width of a bottleneck / its output width
@@ -51,7 +52,7 @@ class X3DBlock(nn.Module):
         inner = int(round(out_channels * EXPANSION))
         self.expand = nn.Sequential(nn.Conv3d(in_channels, inner, 1, bias=False), group_norm(inner), nn.ReLU())
         self.channelwise = nn.Sequential(
-            nn.Conv3d(inner, inner, 3, stride=(1, stride, stride), padding=1, groups=inner, bias=False),
+            ChannelwiseConv3d(inner, 3, stride=(1, stride, stride), padding=1),
             group_norm(inner))
         self.squeeze_excite = SqueezeExcite(inner) if squeeze_excite else nn.Identity()
         self.project = nn.Sequential(nn.Conv3d(inner, out_channels, 1, bias=False), group_norm(out_channels))
@@ -74,7 +75,7 @@ class X3DClassifier(VideoClassifier):
         w = config.widths
         self.stem = nn.Sequential(
             nn.Conv3d(3, w[0], (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False),
-            nn.Conv3d(w[0], w[0], (5, 1, 1), padding=(2, 0, 0), groups=w[0], bias=False),
+            ChannelwiseConv3d(w[0], (5, 1, 1), padding=(2, 0, 0)),
             group_norm(w[0]), nn.ReLU())
         stages, channels = [], w[0]
         for width, depth in zip(w, config.depths):
