@@ -25,7 +25,7 @@ class DownstreamConfig:
     test_fraction: float = 0.2  # share of real recordings held out when no separate test folder is given
     split_seed: int = 0
     test_step: int = 6  # frames between scored time points (SAR-RARP50's label interval)
-    # Decoded frames kept for all runs when they fit (the bundled data at 32 px: about 100 MiB); beyond it
+    # Decoded frames kept for all runs when they fit (the bundled experiment's: 49 MiB at 32 px); beyond it
     # every run decodes its own, in DataLoader workers.
     frame_cache_bytes: int = 4 * 2**30
     # The recogniser: X3D (not the rejection classifier's network), trained for a fixed budget with no

@@ -39,7 +39,7 @@ bleeding) balanced accuracy and the positive class's F1 are the headline.
 The runs share one decoding: every frame any arm trains on or the test reads
 is decoded once, in this process, and kept for all runs when they fit in
 `DownstreamConfig.frame_cache_bytes` (the bundled experiment's 35 runs read
-7,486 frames, 22 MiB at 32 px).
+16,708 frames, 49 MiB at 32 px).
 
 Output folder (resumable: a finished run is never retrained, a killed one
 continues from its checkpoint):
