@@ -169,14 +169,15 @@ def read_frames(path: str | Path, indices: Iterable[int], size: int | None = Non
             f"{path}: frame {bad[0]} does not exist (the video has {info.num_frames} readable frames, 0..{info.num_frames - 1})"
         )
     unique = sorted(set(indices))
-    key = (_file_key(path), size)
-    frames = _FRAME_CACHE.take(key, unique) if _FRAME_CACHE else {}
+    cache = _FRAME_CACHE
+    key = (_file_key(path), size) if cache else None  # no extra stat per read without a cache
+    frames = cache.take(key, unique) if cache else {}
     missing = [i for i in unique if i not in frames]
     if missing:
         decoded = _decode(path, missing, info, keyframes, size)
         frames.update(zip(missing, decoded))
-        if _FRAME_CACHE:
-            _FRAME_CACHE.keep(key, dict(zip(missing, decoded)))
+        if cache:
+            cache.keep(key, dict(zip(missing, decoded)))
     return np.stack([frames[i] for i in indices])
 
 
