@@ -228,7 +228,7 @@ def test_train_temporal_arch_trains_the_whole_baseline_and_generate_samples_it(a
     from survgen.training.stage2 import train_temporal
 
     out = tmp_path / arch
-    cfg = TemporalStageConfig(arch=arch, classes=["G7"], sample_steps=2,
+    cfg = TemporalStageConfig(arch=arch, classes=["G7"], clip_length=8, sample_steps=2,
                               prior_dino=str(tiny_dino) if arch == "endora" else None,
                               train=fast_train(steps=3, batch_size=2, sample_every=3))
     result = train_temporal(synth_dataset, spatial_run[0], out, cfg)

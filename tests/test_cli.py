@@ -107,33 +107,23 @@ def cli_runs(synth_dataset, tmp_path_factory):
     return root
 
 
-def test_a_temporal_run_resumes_from_its_folder_alone(synth_dataset, cli_runs):
+def test_a_temporal_run_logs_plain_lines_and_resumes_quietly_from_its_folder_alone(synth_dataset, cli_runs):
+    """Not a terminal (a log file): the CLI's reporter prints a line every 5 % of the steps. The resume names only
+    the folder, which remembers --data, --spatial and --class; with --quiet no progress is printed."""
     out = cli_runs / "temporal"
     result = invoke("train-temporal", "--data", synth_dataset, "--spatial", cli_runs / "spatial", "--class", "G7",
-                    "--out", out, "--steps", 2, "--batch-size", 2, "--sample-steps", 2, "--attention", "reference",
-                    "--quiet")
+                    "--out", out, "--steps", 2, "--batch-size", 2, "--sample-steps", 2, "--attention", "reference")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith(str(out))
-    # no --data, --spatial or --class: the run folder remembers them
+    lines = [line for line in result.stderr.splitlines() if "temporal: step" in line]
+    assert [line.split()[2] for line in lines] == ["1/2", "2/2"] and all("loss" in line for line in lines)
+
     result = invoke("train-temporal", "--out", out, "--resume", "--steps", 3, "--quiet")
     assert result.exit_code == 0, result.output
+    assert "temporal: step" not in result.stderr and "resuming" in result.stderr
     run = read_run(out, stage="temporal")
     assert run.options["train"]["steps"] == 3 and run.options["classes"] == ["G7"]
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [2, 3]  # every 10th step and the last
-
-
-def test_progress_in_a_log_is_plain_lines_and_quiet_is_silent(synth_dataset, cli_runs):
-    """Not a terminal (a log file): the CLI's reporter prints a line every 5 % of the steps; --quiet none."""
-    out = cli_runs / "temporal-log"
-    common = ["--out", out, "--steps", 2, "--sample-steps", 2, "--checkpoint-every", 1, "--attention", "reference"]
-    result = invoke("train-temporal", "--data", synth_dataset, "--spatial", cli_runs / "spatial", "--class", "G1",
-                    "--batch-size", 2, *common)
-    assert result.exit_code == 0, result.output
-    lines = [line for line in result.stderr.splitlines() if "temporal-log: step" in line]
-    assert [line.split()[2] for line in lines] == ["1/2", "2/2"] and all("loss" in line for line in lines)
-    quiet = invoke("train-temporal", "--resume", *common[:2], "--steps", 3, "--quiet")
-    assert quiet.exit_code == 0, quiet.output
-    assert "temporal-log: step" not in quiet.stderr and "resuming" in quiet.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -36,7 +36,8 @@ def test_spatial_stage_reduces_the_loss_and_exports_a_model(spatial_run):
 def test_temporal_stage_freezes_spatial_weights_and_trains_only_temporal(synth_dataset, spatial_run, tmp_path):
     spatial_out, _ = spatial_run
     out = tmp_path / "temporal"
-    cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=fast_train(steps=4, batch_size=2, sample_every=4))
+    cfg = TemporalStageConfig(classes=["G7"], clip_length=8, sample_steps=2,
+                              train=fast_train(steps=4, batch_size=2, sample_every=4))
     result = train_temporal(synth_dataset, spatial_out, out, cfg)
     assert len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
 
@@ -57,8 +58,8 @@ def test_temporal_resume_equals_uninterrupted(synth_dataset, spatial_run, tmp_pa
     spatial_out, _ = spatial_run
 
     def cfg(steps):
-        return TemporalStageConfig(classes=["G1"], sample_steps=2, train=fast_train(steps=steps, batch_size=2, checkpoint_every=2,
-                                                                 ema_decay=0.9))
+        return TemporalStageConfig(classes=["G1"], clip_length=8, sample_steps=2,
+                                   train=fast_train(steps=steps, batch_size=2, checkpoint_every=2, ema_decay=0.9))
 
     whole = train_temporal(synth_dataset, spatial_out, tmp_path / "whole", cfg(4))
     train_temporal(synth_dataset, spatial_out, tmp_path / "parts", cfg(2))
@@ -81,7 +82,7 @@ def test_stages_refuse_to_overwrite_and_check_the_run_stage(synth_dataset, spati
 def test_temporal_stage_with_the_fused_kernel_trains_like_the_reference(synth_dataset, spatial_run, tmp_path):
     """Liger-style mini training: the same stage-2 steps through the fused CPU op and through the reference."""
     spatial_out, _ = spatial_run
-    cfg = TemporalStageConfig(classes=["G7"], sample_steps=2, train=fast_train(steps=4, batch_size=2))
+    cfg = TemporalStageConfig(classes=["G7"], clip_length=8, sample_steps=2, train=fast_train(steps=4, batch_size=2))
     losses, weights = {}, {}
     for backend in ("reference", "cpu"):
         with use_backend(backend):
@@ -148,4 +149,4 @@ def test_stage2_refuses_a_raw_epsilon_prediction_folder(synth_dataset, spatial_r
     assert not (tmp_path / "t").exists()
     # the stage-1 export itself is v-prediction and is accepted as --spatial
     train_temporal(synth_dataset, spatial_run[0] / "model", tmp_path / "ok",
-                   TemporalStageConfig(sample_steps=2, train=fast_train(steps=1, batch_size=1)))
+                   TemporalStageConfig(clip_length=8, sample_steps=2, train=fast_train(steps=1, batch_size=1)))
