@@ -38,6 +38,10 @@ app.add_typer(data_app, name="data")
 app.add_typer(evaluate_app, name="evaluate")
 
 
+# --debug of the invocation running now: global_options, which runs first in every invocation, sets it.
+_debug = False
+
+
 @app.callback()
 def global_options(
     video_backend: Annotated[Optional[str], typer.Option(
@@ -48,8 +52,8 @@ def global_options(
     """SurV-Gen: generate surgical videos of under-represented classes to rebalance datasets."""
     from survgen.data.video import BACKEND_VARIABLE, VIDEO_BACKENDS
 
-    if debug:
-        os.environ[DEBUG_VARIABLE] = "1"
+    global _debug
+    _debug = debug  # not in os.environ: a later invocation in the same process (CliRunner) would inherit it
     if video_backend is not None:
         if video_backend not in VIDEO_BACKENDS:
             raise typer.BadParameter(f"{video_backend!r}; use one of {', '.join(VIDEO_BACKENDS)}",
@@ -105,7 +109,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if os.environ.get(DEBUG_VARIABLE):
+        if _debug or os.environ.get(DEBUG_VARIABLE):
             return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)

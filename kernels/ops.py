@@ -126,10 +126,26 @@ temporal_attention_op.register_autograd(backward_through(temporal_attention_back
 # ---------------------------------------------------------------- the compiled kernels
 # survgen._C binds plain functions; registering them here keeps the whole op
 # family (schema, fake, autograd, per-device kernels) in this one file.
+def native_kernel(kernel, name: str):
+    """`kernel` (survgen._C's `name`) as the kernel failure it is when C++ throws: pybind11 turns
+    std::length_error and std::invalid_argument into ValueError, which the CLI would report as the
+    user's bad input, but the op checked every argument before the kernel ran."""
+
+    def run(*args):
+        try:
+            return kernel(*args)
+        except ValueError as e:
+            raise RuntimeError(f"survgen._C.{name} failed inside the compiled kernel ({e}); `--attention reference` "
+                               "runs without it") from e
+
+    return run
+
+
+# (the op, its name in survgen._C's kernel list, the stem of the bound function)
+_COMPILED = ((temporal_attention_op, "temporal_attention", "temporal_attention_forward"),
+             (temporal_attention_backward_op, "temporal_attention_backward", "temporal_attention_backward"))
 for _device in ("cpu", "cuda"):
-    if compiled.has_kernel("temporal_attention", _device):
-        temporal_attention_op.register_kernel(_device)(getattr(compiled.CORE, f"temporal_attention_forward_{_device}"))
-    if compiled.has_kernel("temporal_attention_backward", _device):
-        temporal_attention_backward_op.register_kernel(_device)(
-            getattr(compiled.CORE, f"temporal_attention_backward_{_device}")
-        )
+    for _op, _kernel, _stem in _COMPILED:
+        if compiled.has_kernel(_kernel, _device):
+            _function = f"{_stem}_{_device}"
+            _op.register_kernel(_device)(native_kernel(getattr(compiled.CORE, _function), _function))

@@ -1,6 +1,7 @@
 """The `survgen` command line: help, info, the three training commands end to end, resume, and user errors."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,17 @@ def test_an_attention_backend_that_cannot_run_here_is_refused_before_any_work(tm
     assert not (tmp_path / "gen").exists()
     result = invoke("generate", "--attention", "fast", "--n", 1, "--out", tmp_path / "gen")
     assert result.exit_code == 2 and "unknown attention backend 'fast'" in " ".join(result.output.split())
+
+
+def test_debug_holds_for_its_own_invocation_only(tmp_path, monkeypatch):
+    """--debug shows the traceback of that command; the next command in the same process reports errors plainly."""
+    monkeypatch.delenv("SURVGEN_DEBUG", raising=False)
+    missing = ["data", "stats", str(tmp_path / "missing")]
+    with pytest.raises(Exception, match="missing"):  # debug: the error itself, for its traceback
+        runner.invoke(app, ["--debug", *missing], catch_exceptions=False)
+    result = runner.invoke(app, missing)
+    assert result.exit_code == 2 and "missing" in result.output and "Traceback" not in result.output
+    assert "SURVGEN_DEBUG" not in os.environ
 
 
 @pytest.mark.parametrize("name", ["[/x]", "[bold]", "data[v2]"])

@@ -142,3 +142,14 @@ def test_weights_in_another_dtype_are_cast_to_x_and_get_gradients_in_their_own()
     assert all(g.dtype == torch.float32 for g in grads)
     want = call(temporal_attention_reference, x, 3, {k: None if v is None else v.double() for k, v in w32.items()}, 3)
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+
+
+def test_a_cpp_exception_from_the_compiled_kernel_is_a_kernel_failure_not_bad_input():
+    """pybind11 turns std::length_error into ValueError, which the CLI would report as the user's bad input."""
+
+    def throws(*args):
+        raise ValueError("vector::reserve")
+
+    with pytest.raises(RuntimeError, match=r"survgen\._C\.temporal_attention_forward_cpu failed .*vector::reserve"):
+        ops.native_kernel(throws, "temporal_attention_forward_cpu")(torch.zeros(1))
+    assert ops.native_kernel(lambda *args: args, "any")(1, 2) == (1, 2)
