@@ -17,14 +17,7 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-evaluation}
 DOCS=${DOCS:-docs/evaluation}  # where the reports are copied for the README; DOCS= (empty) skips the copy
-mkdir -p "$OUT"
-printf '| step | seconds (this invocation) |\n|---|---:|\n' > "$OUT/timings.md"
-timed() {  # timed NAME COMMAND...: run it and add its wall time to $OUT/timings.md
-  local name=$1 began=$SECONDS
-  shift
-  "$@"
-  printf '| %s | %d |\n' "$name" $((SECONDS - began)) >> "$OUT/timings.md"
-}
+. scripts/timings.sh
 
 [ -d "$OUT/data" ] || timed "synthesise the real data" survgen data synth --out "$OUT/data"
 [ -d "$OUT/test" ] || timed "synthesise the test data" survgen data synth --out "$OUT/test" --seed 1 --num-videos 20

@@ -23,14 +23,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-evaluation-slb}
 DOCS=${DOCS-docs/evaluation/slb}
 SEEDS=${SEEDS:-0 1 2 3 4}
-mkdir -p "$OUT"
-printf '| step | seconds (this invocation) |\n|---|---:|\n' > "$OUT/timings.md"
-timed() {  # timed NAME COMMAND...: run it and add its wall time to $OUT/timings.md
-  local name=$1 began=$SECONDS
-  shift
-  "$@"
-  printf '| %s | %d |\n' "$name" $((SECONDS - began)) >> "$OUT/timings.md"
-}
+. scripts/timings.sh
 resume() { if [ -f "$1/run.json" ]; then echo --resume; fi; }
 seeds=()
 for s in $SEEDS; do seeds+=(--seed "$s"); done
