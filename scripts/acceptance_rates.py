@@ -17,6 +17,7 @@ results file then.
 
 import argparse
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -40,6 +41,15 @@ parser.add_argument("--classifier", type=Path, help="a classifier run (default: 
 parser.add_argument("--save", help="results file name under benchmarks/results/")
 args = parser.parse_args()
 
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float]:
+    """95 % interval of a rate from n candidates (Wilson's score interval: honest at small n and near 0 or 1)."""
+    rate, spread = hits / n, z * z / n
+    centre = (rate + spread / 2) / (1 + spread)
+    half = z * math.sqrt(rate * (1 - rate) / n + spread / (4 * n)) / (1 + spread)
+    return [round(centre - half, 3), round(centre + half, 3)]
+
+
 model, classifier = default_runs()
 model, classifier = args.model or model, args.classifier or classifier
 results = {}
@@ -50,10 +60,13 @@ for code in args.classes:
     manifest = generate(model, args.out / code, cfg, classifier=classifier)
     videos = manifest["videos"]
     ranks = [[t["class"] for t in v["classifier_topk"]] for v in videos]
+    top1, top3 = sum(r[0] == code for r in ranks), sum(code in r[:3] for r in ranks)
     results[code] = {
         "candidates": len(videos),
-        "top1_acceptance": sum(r[0] == code for r in ranks) / len(videos),
-        "top3_acceptance": sum(code in r[:3] for r in ranks) / len(videos),
+        "top1_acceptance": top1 / len(videos),
+        "top1_acceptance_95_interval": wilson_interval(top1, len(videos)),
+        "top3_acceptance": top3 / len(videos),
+        "top3_acceptance_95_interval": wilson_interval(top3, len(videos)),
         "mean_probability_of_class": sum(v["probability_of_class"] for v in videos) / len(videos),
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -17,6 +17,9 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-evaluation}
 DOCS=${DOCS:-docs/evaluation}  # where the reports are copied for the README; DOCS= (empty) skips the copy
+SEEDS=${SEEDS:-0 1 2 3 4}      # the downstream trainings' seeds: more seeds, narrower paired intervals
+seeds=()
+for s in $SEEDS; do seeds+=(--seed "$s"); done
 . scripts/timings.sh
 
 [ -d "$OUT/data" ] || timed "synthesise the real data" survgen data synth --out "$OUT/data"
@@ -32,7 +35,7 @@ timed "generate (top-3 rejection, rejected kept)" \
 # chance within this CPU budget (benchmarks/NOTES.md). 7 arms × 5 seeds of 300 steps, every frame decoded once.
 timed "evaluate downstream" \
   survgen evaluate downstream --real "$OUT/data" --test "$OUT/test" --synthetic "$OUT/generated/rare" \
-  --preset resnet-lstm --image-size 32 --steps "${STEPS:-300}" --batch-size 16 \
+  --preset resnet-lstm --image-size 32 --steps "${STEPS:-300}" --batch-size 16 "${seeds[@]}" \
   --report "$OUT/downstream" --quiet
 cat "$OUT/timings.md"
 
