@@ -40,7 +40,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from survgen.kernels import BACKENDS, compiled, describe_choice, temporal_attention
+from survgen.kernels.backends import BACKENDS, describe_choice
+from survgen.kernels import compiled
+from survgen.kernels.attention import temporal_attention
 from test_bench_kernels import LEVELS, forward_flops  # this script's folder
 
 REPO = Path(__file__).resolve().parents[1]

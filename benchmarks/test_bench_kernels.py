@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from survgen.kernels import BACKEND_NAMES, backend_report
+from survgen.kernels.backends import BACKEND_NAMES, backend_report
 
 # (name, videos, frames, channels, height, width, heads)
 LEVELS = [
@@ -85,7 +85,7 @@ def test_matmul_peak(benchmark):
 @pytest.mark.parametrize("level", LEVELS, ids=[level[0] for level in LEVELS])
 @pytest.mark.parametrize("direction", ["forward", "forward+backward"])
 def test_temporal_attention(benchmark, direction, level, backend):
-    from survgen.kernels import temporal_attention
+    from survgen.kernels.attention import temporal_attention
 
     name, videos, frames, channels, height, width, heads = level
     benchmark.group = f"temporal attention {direction} {name}"

@@ -13,7 +13,7 @@ baseline. Nothing is asserted about speed: ratios are read from one run's table.
 import pytest
 import torch
 
-from survgen.kernels import backend_report, use_backend
+from survgen.kernels.backends import backend_report, use_backend
 from survgen.models.spatial import build_tiny
 from survgen.models.video_unet import TEMPORAL_PRESETS, VideoUNet
 

@@ -2,7 +2,7 @@
 
 Command modules (`train`, `generate`, `classify`, `info`, `data`, `evaluate`)
 register their commands on `app` (or `data_app`, `evaluate_app`) by
-decoration; `survgen/cli/__init__.py` imports them all. Commands import torch
+decoration; `main.py` imports them all. Commands import torch
 and the models inside their body, so `survgen --help` and refused input stay fast.
 """
 
@@ -80,7 +80,7 @@ AttentionBackend = Annotated[Optional[str], typer.Option(
 # The library's own input errors that are not ValueErrors (ValueError covers the rest: run folders, models,
 # outputs, options), by module, so that telling an error apart never imports torch.
 KNOWN_ERRORS = {"survgen.classes": "UnknownClassError", "survgen.data.index": "DatasetError",
-                "survgen.data.video": "VideoReadError", "survgen.kernels": "BackendUnavailableError",
+                "survgen.data.video": "VideoReadError", "survgen.kernels.backends": "BackendUnavailableError",
                 "survgen.training.checkpoint": "CheckpointError", "survgen.training.loop": "TrainingDivergedError",
                 "safetensors": "SafetensorError"}
 
@@ -216,7 +216,7 @@ def attention_backend(name: str | None) -> Iterator[None]:
     """Run temporal attention on `name` inside the block, failing at once if it cannot run here."""
     import torch
 
-    from survgen.kernels import select_backend, use_backend
+    from survgen.kernels.backends import select_backend, use_backend
 
     if name is not None:
         # The models run on the GPU when there is one: check there, before any model is loaded.

@@ -64,7 +64,7 @@ def _environment() -> dict:
     import transformers
 
     from survgen.data.video import video_backend
-    from survgen.kernels import BackendUnavailableError, backend_report, describe_choice
+    from survgen.kernels.backends import BackendUnavailableError, backend_report, describe_choice
 
     attention = {}
     for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):

@@ -1,5 +1,5 @@
 """`python -m survgen ...` runs the CLI (handy under `accelerate launch -m survgen`)."""
 
-from survgen.cli import main
+from survgen.cli.main import main
 
 main()

@@ -16,7 +16,7 @@ import os
 import sys
 
 # imported once here, so that every forked command starts with them loaded
-for module in ("torch", "diffusers", "transformers", "survgen.cli", "survgen.training.autoencoder",
+for module in ("torch", "diffusers", "transformers", "survgen.cli.main", "survgen.training.autoencoder",
                "survgen.training.classifier", "survgen.training.stage1", "survgen.training.stage2"):
     importlib.import_module(module)
 
@@ -28,7 +28,7 @@ def _child(command: dict) -> None:
     sys.argv = ["survgen", *command["args"]]
     code = 0
     try:
-        importlib.import_module("survgen.cli").main()
+        importlib.import_module("survgen.cli.main").main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:  # noqa: BLE001 - an escaped exception is a traceback the test must see

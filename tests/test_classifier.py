@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from survgen.classes import ClassVocabulary
-from survgen.cli import app
+from survgen.cli.main import app
 from survgen.config import config_from_dict, config_to_dict
 from survgen.data.index import build_index
 from survgen.data.video import write_video

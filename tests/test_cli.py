@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from survgen.cli import app
+from survgen.cli.main import app
 from survgen.runs import read_run
 
 runner = CliRunner()
@@ -60,7 +60,7 @@ def test_a_bad_training_request_is_refused_before_torch_is_imported(tmp_path):
     code = """if True:
         import sys
         from typer.testing import CliRunner
-        from survgen.cli import app
+        from survgen.cli.main import app
         for args in (["train-temporal", "--arch", "unet"], ["train-vae"], ["train-classifier", "--balance", "x"]):
             result = CliRunner().invoke(app, args + ["--out", sys.argv[1]])
             print(result.exit_code, "torch" in sys.modules, result.output.strip().splitlines()[0])

@@ -119,7 +119,7 @@ def test_train_vae_scores_its_reconstructions_per_class(cli_vae):
 def cli_vae(synth_dataset, tmp_path_factory):
     from typer.testing import CliRunner
 
-    from survgen.cli import app
+    from survgen.cli.main import app
 
     out = tmp_path_factory.mktemp("cue") / "vae"
     result = CliRunner().invoke(app, ["train-vae", "--data", str(synth_dataset), "--out", str(out), "--steps", "3",

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from survgen.classes import ClassVocabulary
-from survgen.cli import app
+from survgen.cli.main import app
 from survgen.data.datasets import ClipDataset, FrameDataset
 from survgen.data.index import DatasetError, build_index, video_id
 from survgen.data.video import VideoReadError, probe_video, read_frames, write_video

@@ -244,7 +244,7 @@ def test_quality_of_a_set_against_itself_is_perfect_and_the_extractor_is_named(g
 def test_the_evaluate_commands_write_reports_and_refuse_bad_input(synth_dataset, generated, tmp_path):
     from typer.testing import CliRunner
 
-    from survgen.cli import app
+    from survgen.cli.main import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["evaluate", "quality", "--real", str(generated), "--fake", str(generated),

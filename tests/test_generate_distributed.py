@@ -145,7 +145,7 @@ def one_thread():
 def in_this_process(out):
     from typer.testing import CliRunner
 
-    from survgen.cli import app
+    from survgen.cli.main import app
 
     result = CliRunner().invoke(app, [*OPTIONS, "--out", str(out)])
     assert result.exit_code == 0, result.output

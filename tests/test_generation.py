@@ -233,7 +233,7 @@ def test_a_classifier_of_other_classes_is_refused(video_model, temporal_run, tmp
 def test_the_cli_generates_from_a_run_folder_and_a_rerun_continues_it(temporal_run, tmp_path):
     from typer.testing import CliRunner
 
-    from survgen.cli import app
+    from survgen.cli.main import app
 
     def cli(out, *extra):
         return CliRunner().invoke(app, ["generate", "--model", str(temporal_run), "--class", "G7", "--reject-topk",
@@ -272,7 +272,7 @@ def test_an_exported_default_generates_with_its_own_classifier(synth_dataset, te
 def test_the_shipped_default_generates_with_no_model_argument(tmp_path):
     from typer.testing import CliRunner
 
-    from survgen.cli import app
+    from survgen.cli.main import app
 
     out = tmp_path / "gen"
     result = CliRunner().invoke(app, ["generate", "--class", "G7", "--n", "1", "--steps", "3", "--max-candidates", "2",

@@ -8,17 +8,10 @@ import math
 import pytest
 import torch
 
-from survgen.kernels import (
-    BACKEND_NAMES,
-    BackendUnavailableError,
-    backend_report,
-    select_backend,
-    set_backend,
-    sinusoidal_frame_encoding,
-    temporal_attention,
-    temporal_attention_reference,
-    use_backend,
-)
+from survgen.kernels.backends import (BACKEND_NAMES, BackendUnavailableError, backend_report, select_backend, set_backend,
+                                      use_backend)
+from survgen.kernels.reference import sinusoidal_frame_encoding, temporal_attention_reference
+from survgen.kernels.attention import temporal_attention
 from survgen.kernels import ops
 
 

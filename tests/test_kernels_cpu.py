@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from survgen.kernels import compiled, temporal_attention, temporal_attention_reference
+from survgen.kernels import compiled
+from survgen.kernels.attention import temporal_attention
+from survgen.kernels.reference import temporal_attention_reference
 from survgen.kernels import ops
 
 from test_kernels import call, make_inputs

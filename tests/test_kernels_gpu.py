@@ -15,7 +15,9 @@ import functools
 import pytest
 import torch
 
-from survgen.kernels import backend_report, temporal_attention, temporal_attention_reference
+from survgen.kernels.backends import backend_report
+from survgen.kernels.attention import temporal_attention
+from survgen.kernels.reference import temporal_attention_reference
 from test_kernels_triton import EPS, GRADIENT_FACTOR, case_id, make_inputs, max_error
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

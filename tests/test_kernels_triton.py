@@ -94,7 +94,8 @@ GRADIENT_FACTOR = 2
 def check_case(case):
     """Forward and backward (the fused Triton backward) through `temporal_attention(..., backend="triton")`, in
     float32, against float64, bounded by the float32 reference's own error."""
-    from survgen.kernels import temporal_attention, temporal_attention_reference
+    from survgen.kernels.attention import temporal_attention
+    from survgen.kernels.reference import temporal_attention_reference
 
     got = output_and_grads(lambda *a: temporal_attention(*a, backend="triton"), case, torch.float32)
     ref32 = output_and_grads(temporal_attention_reference, case, torch.float32)
@@ -158,7 +159,7 @@ def check_backward_kernels(case):
 
 def check_automatic_choice_skips_triton():
     """Even with TRITON_INTERPRET=1 set, automatic choice never runs the (slow) interpreter on CPU tensors."""
-    from survgen.kernels import select_backend
+    from survgen.kernels.backends import select_backend
 
     assert os.environ.get("TRITON_INTERPRET") == "1"
     for dtype in (torch.float32, torch.float64):
@@ -170,7 +171,8 @@ def check_named_backend_runs_the_op():
     """backend="triton" and use_backend("triton") run on CPU under the interpreter, through the registered op;
     a channels_last x gives the same result."""
     import survgen.kernels.triton_attention  # noqa: F401  (registers torch.ops.survgen.temporal_attention_triton)
-    from survgen.kernels import select_backend, temporal_attention, use_backend
+    from survgen.kernels.backends import select_backend, use_backend
+    from survgen.kernels.attention import temporal_attention
 
     case = CASES[1]
     _, f, _, heads, *_ = case
@@ -188,7 +190,7 @@ def check_named_backend_runs_the_op():
 def check_layouts_are_read_in_place():
     """A channels_last x is read and written in its own layout (the output and grad x stay channels_last), with
     the same values and gradients as NCHW; any other strided x (a channel slice) too, through a copy."""
-    from survgen.kernels import temporal_attention
+    from survgen.kernels.attention import temporal_attention
 
     case = (2, 3, 8, 2, 3, 5, True)
     _, f, _, heads, *_ = case

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from survgen.cli import app
+from survgen.cli.main import app
 from survgen.data.index import CLIP_FPS, build_index
 from survgen.data.latent_cache import (LatentCache, LatentCacheError, build_latent_cache, frames_per_video,
                                        open_latent_cache)

@@ -124,7 +124,7 @@ def test_saved_activations_grow_with_the_batch():
 
 
 def test_info_memory_prints_both_stages_as_json():
-    from survgen.cli import app
+    from survgen.cli.main import app
 
     result = CliRunner().invoke(app, ["info", "--preset", "tiny", "--memory", "--batch-size", "2", "--json"])
     assert result.exit_code == 0, result.output

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from survgen.classes import ClassVocabulary
-from survgen.cli import app
+from survgen.cli.main import app
 from survgen.config import read_config
 from survgen.data.index import build_index
 from survgen.data.synth import DATASET_MARKER

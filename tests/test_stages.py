@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from survgen.kernels import use_backend
+from survgen.kernels.backends import use_backend
 from survgen.models.loading import load_video_model
 from survgen.models.spatial import load_spatial
 from survgen.runs import RunFolderError, read_run

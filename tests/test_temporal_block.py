@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from survgen.kernels import BackendUnavailableError, temporal_attention_reference, use_backend
+from survgen.kernels.backends import BackendUnavailableError, use_backend
+from survgen.kernels.reference import temporal_attention_reference
 from survgen.models.temporal import TemporalTransformerBlock, temporal_block_parameter_count
 
 

@@ -92,7 +92,7 @@ def test_backend_is_chosen_by_the_environment_and_refuses_unknown_names(monkeypa
 
 
 def test_cli_video_backend_option_sets_the_backend_info_reports(monkeypatch):
-    from survgen.cli import app
+    from survgen.cli.main import app
 
     monkeypatch.setenv(BACKEND_VARIABLE, "pyav")  # recorded, so teardown restores the variable as it was
     monkeypatch.delenv(BACKEND_VARIABLE)

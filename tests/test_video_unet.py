@@ -120,7 +120,7 @@ def test_rejects_video_unet_input_of_wrong_rank(tiny_folder):
 
 
 def test_video_unet_uses_the_fused_kernel_and_matches_the_reference(tiny_folder):
-    from survgen.kernels import select_backend, use_backend
+    from survgen.kernels.backends import select_backend, use_backend
 
     video = VideoUNet(UNet2DConditionModel.from_pretrained(tiny_folder / "unet", local_files_only=True),
                       TemporalConfig(num_classes=8, heads=4))

@@ -51,7 +51,7 @@ def sampling_flops(arch: str, preset: str, *, frames: int = 16, text_per_video: 
 def _flops(fn, *args, **kwargs) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from survgen.kernels import use_backend
+    from survgen.kernels.backends import use_backend
 
     with torch.no_grad(), use_backend("reference"), FlopCounterMode(display=False) as counter:
         fn(*args, **kwargs)

@@ -160,7 +160,7 @@ class Judge:
 
 def sampling_environment(device: torch.device) -> dict:
     """What a video's bits depend on besides the request: device, torch, CPU threads, attention backend."""
-    from survgen.kernels import BackendUnavailableError, select_backend
+    from survgen.kernels.backends import BackendUnavailableError, select_backend
 
     device = torch.device(device)
     try:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from survgen.kernels import temporal_attention
+from survgen.kernels.attention import temporal_attention
 
 
 def temporal_block_parameter_count(channels: int, attention_layers: int = 1, mlp_ratio: int = 4) -> int:

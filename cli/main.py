@@ -3,8 +3,10 @@
 Results (a reporting command's table or --json, the folder a command made) go
 to stdout; messages and progress to stderr, printed as text (survgen.console).
 Input errors end with exit code 2 and one line naming the file or option and
-the fix (`common.user_errors`).
+the fix (`common.user_errors`). survgen.cli is a folder without `__init__.py`
+(see survgen.kernels.attention for why).
 
+    main.py       `main`, the `survgen` entry point: imports every command module below
     common.py     the app and its sub-apps, global options, shared option types, error handling
     info.py       survgen info
     data.py       survgen data synth | stats | cache

@@ -1,46 +1,25 @@
-"""survgen.kernels: the temporal-attention op that the video U-Net calls, and its backends.
+"""`temporal_attention`: the temporal-attention op that the video U-Net calls, the one entry point for model code.
 
-`temporal_attention` is the only entry point for model code. It checks the
-arguments against the contract, picks a backend (see `backends`: fused
-kernels first, the pure-PyTorch `reference` otherwise, or the one named by
+It checks the arguments against the contract, picks a backend (see `backends`:
+fused kernels first, the pure-PyTorch `reference` otherwise, or the one named by
 `backend=`, `set_backend`/`use_backend` or $SURVGEN_ATTENTION; a call that
 records gradients skips backends with a `not_for_training` reason) and runs it.
 Every backend means exactly what `reference.temporal_attention_reference`
 computes. The op is also registered with torch.library as
 `torch.ops.survgen.temporal_attention` (see `ops`).
+
+survgen.kernels has no `__init__.py` (nor has survgen.cli): the checkout's
+root is on sys.path under `python -m`, and a root folder with one would hide
+any installed package of the same name (Hugging Face's `kernels`, which
+transformers depends on). Import from the module that defines a name.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .backends import (
-    BACKEND_NAMES,
-    BACKENDS,
-    Backend,
-    BackendUnavailableError,
-    backend_report,
-    describe_choice,
-    select_backend,
-    set_backend,
-    use_backend,
-)
-from .reference import check_temporal_attention_args, sinusoidal_frame_encoding, temporal_attention_reference
-
-__all__ = [
-    "BACKEND_NAMES",
-    "BACKENDS",
-    "Backend",
-    "BackendUnavailableError",
-    "backend_report",
-    "describe_choice",
-    "select_backend",
-    "set_backend",
-    "sinusoidal_frame_encoding",
-    "temporal_attention",
-    "temporal_attention_reference",
-    "use_backend",
-]
+from .backends import select_backend
+from .reference import check_temporal_attention_args
 
 
 def temporal_attention(
