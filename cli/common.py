@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 import click
 import typer
 
-from survgen.console import error, progress_bar, say, stderr
+from survgen.console import error, libraries_quiet, progress_bar, say, stderr
 
 DEBUG_VARIABLE = "SURVGEN_DEBUG"
 
@@ -44,16 +44,19 @@ _debug = False
 
 @app.callback()
 def global_options(
+    ctx: typer.Context,
     video_backend: Annotated[Optional[str], typer.Option(
         "--video-backend", help="Video decoder for every command: pyav | decord (or $SURVGEN_VIDEO_BACKEND; "
                                 "`survgen info` shows the one in use).", show_default="pyav")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the Python traceback of an error (or $SURVGEN_DEBUG=1).")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the Python traceback of an error, and the libraries' own "
+                                        "progress bars, log lines and warnings (or $SURVGEN_DEBUG=1).")] = False,
 ):
     """SurV-Gen: generate surgical videos of under-represented classes to rebalance datasets."""
     from survgen.data.video import BACKEND_VARIABLE, VIDEO_BACKENDS
 
     global _debug
     _debug = debug  # not in os.environ: a later invocation in the same process (CliRunner) would inherit it
+    ctx.with_resource(libraries_quiet(not (debug or os.environ.get(DEBUG_VARIABLE))))  # for this command, then as before
     if video_backend is not None:
         if video_backend not in VIDEO_BACKENDS:
             raise typer.BadParameter(f"{video_backend!r}; use one of {', '.join(VIDEO_BACKENDS)}",

@@ -28,10 +28,6 @@ COMMAND_MODULES = (info, data, train, generate, classify, evaluate)  # importing
 
 
 def main() -> None:
-    # Library progress bars from transformers/diffusers loaders would interleave with ours.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also silences diffusers/transformers loaders
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model is loaded from a local path
     with warnings_shown():
         app()

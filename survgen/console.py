@@ -13,6 +13,9 @@ so `survgen data stats DIR > stats.txt` keeps the table.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import warnings
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -66,6 +69,43 @@ def warnings_shown(logger_name: str = "survgen"):
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
+
+
+# What keeps third-party libraries' progress bars and log lines off our stderr, for libraries a command imports: each
+# library reads them at its import (tqdm reads TQDM_DISABLE then), and worker processes inherit them.
+QUIET_LIBRARIES = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                   "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TQDM_DISABLE": "1"}
+
+
+def _set_library_output(shown: bool) -> None:
+    """The same switches in libraries imported before the command (a notebook, the test zygote)."""
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:
+            library_logging = sys.modules[name].utils.logging
+            library_logging.set_verbosity_warning() if shown else library_logging.set_verbosity_error()
+            with warnings.catch_warnings():  # huggingface_hub warns when $HF_HUB_DISABLE_PROGRESS_BARS overrides it
+                warnings.simplefilter("ignore")
+                library_logging.enable_progress_bar() if shown else library_logging.disable_progress_bar()
+
+
+@contextmanager
+def libraries_quiet(quiet: bool = True):
+    """One command's stderr holds survgen's lines only: third-party progress bars, log lines and warnings (numpy's and
+    diffusers' deprecations, transformers' weight-loading bar) are off, unless `quiet` is False (--debug). A library
+    first imported by a quiet command keeps its bars off for the rest of that process: it read the variables then."""
+    saved = {name: os.environ.get(name) for name in QUIET_LIBRARIES}
+    if quiet:
+        os.environ.update(QUIET_LIBRARIES)
+    _set_library_output(shown=not quiet)
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.filterwarnings("ignore")
+            warnings.filterwarnings("default", module=r"survgen(\.|$)")  # our own would still show
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
 
 def progress_bar(*columns, transient: bool = True, enabled: bool = True):
