@@ -38,14 +38,17 @@
 #include "temporal_attention.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/impl/alloc_cpu.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <iterator>
-#include <limits>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <numeric>
+#include <type_traits>
+#include <vector>
 
 namespace survgen {
 namespace {
@@ -521,6 +524,37 @@ template <>
 const Passes<double>& passes<double>() {
   return baseline_f64_passes;  // float64 is for gradcheck: exactness, not speed
 }
+// ---------------------------------------------------------------- GEMM
+// The Fortran BLAS that libtorch_cpu exports (MKL in the pip wheels), called
+// directly: everything inside at::parallel_for below is raw pointers and plain
+// C++, no at:: op. An op there goes through the dispatcher on a worker thread,
+// under whatever dispatch state (Python modes, registrations being changed by
+// the Python thread) the caller's thread has; ATen's own cpublas::gemm is not
+// exported. Inside the parallel region MKL runs single-threaded.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+
+// Row-major C (m×n) = op(A)·op(B) + beta·C, with op(A) m×k and op(B) k×n; lda/ldb are the row lengths of A and B
+// as stored. BLAS is column-major, where row-major C is Cᵀ = op(B)ᵀ·op(A)ᵀ: the operands swap.
+template <typename scalar_t>
+void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+          const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c) {
+  const char ta = transpose_a ? 'T' : 'N', tb = transpose_b ? 'T' : 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int LDB = static_cast<int>(ldb), LDA = static_cast<int>(lda), LDC = static_cast<int>(n);
+  const scalar_t one = 1;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    sgemm_(&tb, &ta, &M, &N, &K, &one, b, &LDB, a, &LDA, &beta, c, &LDC);
+  } else {
+    dgemm_(&tb, &ta, &M, &N, &K, &one, b, &LDB, a, &LDA, &beta, c, &LDC);
+  }
+}
 
 // ---------------------------------------------------------------- shared set-up
 struct Operands {
@@ -550,57 +584,89 @@ Operands prepare(const at::Tensor& x, int64_t num_frames, const at::Tensor& norm
   o.out_weight = like(out_weight);
   o.out_bias = like(out_bias);
   o.videos = x.size(0) / f;
-  o.tiles_per_video = (o.shape.area + o.shape.positions - 1) / o.shape.positions;
+  // An empty image (h·w = 0) has no tile, and tiles no position wide.
+  o.tiles_per_video = o.shape.area == 0 ? 0 : (o.shape.area + o.shape.positions - 1) / o.shape.positions;
   return o;
 }
 
-// Q/K/V of a tile: (3c, tokens) = Wqkv · H (+ bias per row).
-void project_qkv(const Operands& o, const at::Tensor& normed, at::Tensor& qkv) {
-  if (o.qkv_bias.defined()) {
-    at::addmm_out(qkv, o.qkv_bias.unsqueeze(1), o.qkv_weight, normed);
-  } else {
-    at::mm_out(qkv, o.qkv_weight, normed);
-  }
-}
+// The operands as the raw pointers that parallel_for's threads read (qkv_bias null when absent).
+template <typename scalar_t>
+struct TileOperands {
+  const scalar_t *x, *encoding, *norm_weight, *norm_bias, *qkv_weight, *qkv_bias, *out_weight, *out_bias;
 
-// Per-tile buffers, allocated once per worker thread.
-struct TileBuffers {
-  at::Tensor normed, xhat, mean, rstd, qkv, attended, projected, probs, scratch;
-  TileBuffers(const TileShape& s, const at::TensorOptions& options, bool keep_probs) {
-    const int64_t c = s.channels, T = s.tokens;
-    normed = at::empty({c, T}, options);
-    xhat = at::empty({c, T}, options);
-    mean = at::empty({T}, options);
-    rstd = at::empty({T}, options);
-    qkv = at::empty({3 * c, T}, options);
-    attended = at::empty({c, T}, options);
-    projected = at::empty({c, T}, options);
-    probs = keep_probs ? at::empty({s.heads * (s.positions / kLanes) * s.frames * s.frames * kLanes}, options)
-                       : at::Tensor();
-    scratch = at::empty({s.frames * s.frames * kLanes}, options);
-  }
+  explicit TileOperands(const Operands& o)
+      : x(o.x.data_ptr<scalar_t>()),
+        encoding(o.encoding.data_ptr<scalar_t>()),
+        norm_weight(o.norm_weight.data_ptr<scalar_t>()),
+        norm_bias(o.norm_bias.data_ptr<scalar_t>()),
+        qkv_weight(o.qkv_weight.data_ptr<scalar_t>()),
+        qkv_bias(o.qkv_bias.defined() ? o.qkv_bias.data_ptr<scalar_t>() : nullptr),
+        out_weight(o.out_weight.data_ptr<scalar_t>()),
+        out_bias(o.out_bias.data_ptr<scalar_t>()) {}
 };
 
-// A buffer of lane vectors (ATen's CPU allocator aligns to 64 bytes, enough for them).
+// Lane vectors, 64-byte aligned as the attention loops load them: c10::alloc_cpu, the allocation under ATen's
+// CPU allocator, without the dispatcher. A std::vector of them would not do: GCC drops a vector type's
+// alignment in a template argument, and std::allocator then aligns to 16 bytes only.
 template <typename scalar_t>
-Lanes<scalar_t>* lanes_of(const at::Tensor& buffer) {
-  return reinterpret_cast<Lanes<scalar_t>*>(buffer.data_ptr<scalar_t>());
-}
+class LaneBuffer {
+ public:
+  explicit LaneBuffer(int64_t count)
+      : data_(count > 0 ? static_cast<Lanes<scalar_t>*>(c10::alloc_cpu(count * sizeof(Lanes<scalar_t>))) : nullptr) {}
+  ~LaneBuffer() { c10::free_cpu(data_); }
+  LaneBuffer(const LaneBuffer&) = delete;
+  LaneBuffer& operator=(const LaneBuffer&) = delete;
+  Lanes<scalar_t>* data() const { return data_; }
+
+ private:
+  Lanes<scalar_t>* data_;
+};
+
+// Per-tile buffers, allocated once per worker thread, outside ATen's tensors (no dispatcher there).
+template <typename scalar_t>
+struct TileBuffers {
+  std::vector<scalar_t> normed, xhat, mean, rstd, qkv, attended, projected;
+  LaneBuffer<scalar_t> probs, scratch;  // probs: none unless kept for backward
+
+  TileBuffers(const TileShape& s, bool keep_probs)
+      : normed(s.channels * s.tokens),
+        xhat(s.channels * s.tokens),
+        mean(s.tokens),
+        rstd(s.tokens),
+        qkv(3 * s.channels * s.tokens),
+        attended(s.channels * s.tokens),
+        projected(s.channels * s.tokens),
+        probs(keep_probs ? s.heads * (s.positions / kLanes) * s.frames * s.frames : 0),
+        scratch(s.frames * s.frames) {}
+};
 
 // Forward of one tile up to the attention output (shared by forward and backward).
 template <typename scalar_t>
-void tile_forward(const Operands& o, const Passes<scalar_t>& run, int64_t video, int64_t first, int64_t count,
-                  TileBuffers& buf, scalar_t eps) {
-  const TileShape& s = o.shape;
-  const scalar_t* x_video = o.x.data_ptr<scalar_t>() + video * s.frames * s.channels * s.area;
-  run.gather_normalize(s, x_video, first, count, o.encoding.data_ptr<scalar_t>(),
-                       o.norm_weight.data_ptr<scalar_t>(), o.norm_bias.data_ptr<scalar_t>(), eps,
-                       buf.normed.data_ptr<scalar_t>(), buf.xhat.data_ptr<scalar_t>(), buf.mean.data_ptr<scalar_t>(),
-                       buf.rstd.data_ptr<scalar_t>());
-  project_qkv(o, buf.normed, buf.qkv);
+void tile_forward(const TileShape& s, const TileOperands<scalar_t>& o, const Passes<scalar_t>& run, int64_t video,
+                  int64_t first, int64_t count, TileBuffers<scalar_t>& buf, scalar_t eps) {
+  const int64_t c = s.channels, T = s.tokens;
+  const scalar_t* x_video = o.x + video * s.frames * c * s.area;
+  run.gather_normalize(s, x_video, first, count, o.encoding, o.norm_weight, o.norm_bias, eps, buf.normed.data(),
+                       buf.xhat.data(), buf.mean.data(), buf.rstd.data());
+  // Q/K/V: (3c, tokens) = Wqkv · H + bias per row.
+  if (o.qkv_bias != nullptr) {
+    for (int64_t row = 0; row < 3 * c; ++row) std::fill_n(buf.qkv.data() + row * T, T, o.qkv_bias[row]);
+  }
+  gemm<scalar_t>(false, false, 3 * c, T, c, o.qkv_weight, c, buf.normed.data(), T,
+                 o.qkv_bias != nullptr ? scalar_t(1) : scalar_t(0), buf.qkv.data());
   const scalar_t scale = scalar_t(1) / std::sqrt(static_cast<scalar_t>(s.head_dim));
-  run.attend(s, buf.qkv.data_ptr<scalar_t>(), scale, buf.attended.data_ptr<scalar_t>(),
-             buf.probs.defined() ? lanes_of<scalar_t>(buf.probs) : nullptr, lanes_of<scalar_t>(buf.scratch));
+  run.attend(s, buf.qkv.data(), scale, buf.attended.data(), buf.probs.data(),
+             buf.scratch.data());
+}
+
+// Row sums of a (rows, T) tile added to sums[rows], summed in double: a float running sum over a tile's
+// ~1000 tokens loses the bias gradients' accuracy (at::sum, which this replaces, sums pairwise).
+template <typename scalar_t>
+void add_row_sums(const scalar_t* tile, int64_t rows, int64_t T, scalar_t* sums) {
+  for (int64_t row = 0; row < rows; ++row) {
+    const scalar_t* r = tile + row * T;
+    sums[row] += static_cast<scalar_t>(std::accumulate(r, r + T, 0.0));
+  }
 }
 
 }  // namespace
@@ -615,18 +681,20 @@ at::Tensor temporal_attention_forward_cpu(const at::Tensor& x, int64_t num_frame
   const TileShape& s = o.shape;
   AT_DISPATCH_FLOATING_TYPES(o.x.scalar_type(), "temporal_attention_forward_cpu", [&] {
     const Passes<scalar_t>& run = passes<scalar_t>();
+    const TileOperands<scalar_t> raw(o);
+    scalar_t* out_data = out.data_ptr<scalar_t>();
     at::parallel_for(0, o.videos * o.tiles_per_video, 1, [&](int64_t begin, int64_t end) {
-      TileBuffers buf(s, o.x.options(), /*keep_probs=*/false);
+      TileBuffers<scalar_t> buf(s, /*keep_probs=*/false);
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t video = tile / o.tiles_per_video;
         const int64_t first = (tile % o.tiles_per_video) * s.positions;
         const int64_t count = std::min(s.positions, s.area - first);
-        tile_forward<scalar_t>(o, run, video, first, count, buf, static_cast<scalar_t>(eps));
-        at::mm_out(buf.projected, o.out_weight, buf.attended);
+        tile_forward<scalar_t>(s, raw, run, video, first, count, buf, static_cast<scalar_t>(eps));
+        gemm<scalar_t>(false, false, s.channels, s.tokens, s.channels, raw.out_weight, s.channels,
+                       buf.attended.data(), s.tokens, 0, buf.projected.data());
         const int64_t offset = video * s.frames * s.channels * s.area;
-        run.scatter_residual(s, o.x.data_ptr<scalar_t>() + offset, first, count,
-                             buf.projected.data_ptr<scalar_t>(), o.out_bias.data_ptr<scalar_t>(),
-                             out.data_ptr<scalar_t>() + offset);
+        run.scatter_residual(s, raw.x + offset, first, count, buf.projected.data(), raw.out_bias,
+                             out_data + offset);
       }
     });
   });
@@ -634,6 +702,73 @@ at::Tensor temporal_attention_forward_cpu(const at::Tensor& x, int64_t num_frame
 }
 
 // ---------------------------------------------------------------- backward
+namespace {
+
+// Weight gradients of the tiles of one parallel_for range, in x's dtype, flat and row-major.
+template <typename scalar_t>
+struct WeightGrads {
+  std::vector<scalar_t> norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias;
+
+  explicit WeightGrads(int64_t c)
+      : norm_weight(c), norm_bias(c), qkv_weight(3 * c * c), qkv_bias(3 * c), out_weight(c * c), out_bias(c) {}
+
+  void add(const WeightGrads& other) {
+    const auto add_to = [](std::vector<scalar_t>& mine, const std::vector<scalar_t>& theirs) {
+      std::transform(mine.begin(), mine.end(), theirs.begin(), mine.begin(), std::plus<scalar_t>());
+    };
+    add_to(norm_weight, other.norm_weight);
+    add_to(norm_bias, other.norm_bias);
+    add_to(qkv_weight, other.qkv_weight);
+    add_to(qkv_bias, other.qkv_bias);
+    add_to(out_weight, other.out_weight);
+    add_to(out_bias, other.out_bias);
+  }
+};
+
+// A new tensor of `sizes` holding `values` (x's dtype), cast to the dtype of the parameter it is the gradient of.
+template <typename scalar_t>
+at::Tensor gradient_tensor(const std::vector<scalar_t>& values, at::IntArrayRef sizes, const at::Tensor& parameter) {
+  at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
+  std::copy(values.begin(), values.end(), t.data_ptr<scalar_t>());
+  return t.to(parameter.scalar_type());
+}
+
+// Backward of the tiles [begin, end) of one range: grad_x written in place, weight gradients into `acc`.
+template <typename scalar_t>
+void backward_tiles(const Operands& o, const TileOperands<scalar_t>& raw, const Passes<scalar_t>& run,
+                    const scalar_t* grad, scalar_t* grad_x, scalar_t eps, int64_t begin, int64_t end,
+                    WeightGrads<scalar_t>& acc) {
+  const TileShape& s = o.shape;
+  const int64_t c = s.channels, T = s.tokens;
+  const scalar_t scale = scalar_t(1) / std::sqrt(static_cast<scalar_t>(s.head_dim));
+  TileBuffers<scalar_t> buf(s, /*keep_probs=*/true);
+  std::vector<scalar_t> grad_tile(c * T), grad_attended(c * T), grad_qkv(3 * c * T), grad_normed(c * T), sum_g(T),
+      sum_gx(T);
+  for (int64_t tile = begin; tile < end; ++tile) {
+    const int64_t video = tile / o.tiles_per_video;
+    const int64_t first = (tile % o.tiles_per_video) * s.positions;
+    const int64_t count = std::min(s.positions, s.area - first);
+    const int64_t offset = video * s.frames * c * s.area;
+    tile_forward<scalar_t>(s, raw, run, video, first, count, buf, eps);
+    run.gather_grad(s, grad + offset, first, count, grad_tile.data());
+    // Output projection: dWout += dY·Aᵀ, dbout += Σ dY, dA = Woutᵀ·dY.
+    gemm<scalar_t>(false, true, c, c, T, grad_tile.data(), T, buf.attended.data(), T, 1, acc.out_weight.data());
+    add_row_sums(grad_tile.data(), c, T, acc.out_bias.data());
+    gemm<scalar_t>(true, false, c, T, c, raw.out_weight, c, grad_tile.data(), T, 0, grad_attended.data());
+    run.attend_backward(s, buf.qkv.data(), scale, buf.probs.data(), grad_attended.data(), grad_qkv.data(),
+                        buf.scratch.data());
+    // Q/K/V projection: dWqkv += dQKV·Hᵀ, dbqkv += Σ dQKV, dH = Wqkvᵀ·dQKV.
+    gemm<scalar_t>(false, true, 3 * c, c, T, grad_qkv.data(), T, buf.normed.data(), T, 1, acc.qkv_weight.data());
+    if (raw.qkv_bias != nullptr) add_row_sums(grad_qkv.data(), 3 * c, T, acc.qkv_bias.data());
+    gemm<scalar_t>(true, false, c, T, 3 * c, raw.qkv_weight, c, grad_qkv.data(), T, 0, grad_normed.data());
+    run.normalize_backward_scatter(s, first, count, grad_normed.data(), buf.xhat.data(), buf.rstd.data(),
+                                   raw.norm_weight, grad_tile.data(), acc.norm_weight.data(), acc.norm_bias.data(),
+                                   sum_g.data(), sum_gx.data(), grad_x + offset);
+  }
+}
+
+}  // namespace
+
 std::vector<at::Tensor> temporal_attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                                         int64_t num_frames, const at::Tensor& norm_weight,
                                                         const at::Tensor& norm_bias, const at::Tensor& qkv_weight,
@@ -644,87 +779,34 @@ std::vector<at::Tensor> temporal_attention_backward_cpu(const at::Tensor& grad_o
   TORCH_CHECK(grad_out.sizes() == x.sizes(), "temporal_attention_backward_cpu: grad_out has shape ", grad_out.sizes(),
               ", x has ", x.sizes());
   const at::Tensor grad = grad_out.to(o.x.scalar_type()).contiguous();
-  if (o.x.numel() == 0) {  // no tiles: every gradient is zero
-    std::vector<at::Tensor> grads = {at::zeros_like(x), at::zeros_like(norm_weight), at::zeros_like(norm_bias),
-                                     at::zeros_like(qkv_weight)};
-    if (qkv_bias.has_value()) grads.push_back(at::zeros_like(*qkv_bias));
-    grads.push_back(at::zeros_like(out_weight));
-    grads.push_back(at::zeros_like(out_bias));
-    return grads;
-  }
-  const TileShape& s = o.shape;
-  const int64_t c = s.channels;
+  const int64_t c = o.shape.channels;
   at::Tensor grad_x = at::empty_like(o.x);
-
-  // Weight gradients accumulate per parallel_for range, then are summed in the
-  // order of the ranges: deterministic for a given thread count.
-  struct Accumulators {
-    at::Tensor norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias;
-  };
-  std::map<int64_t, Accumulators> partial;  // keyed by the first tile of the range
-  std::mutex partial_mutex;
-
+  std::vector<at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES(o.x.scalar_type(), "temporal_attention_backward_cpu", [&] {
     const Passes<scalar_t>& run = passes<scalar_t>();
-    const scalar_t scale = scalar_t(1) / std::sqrt(static_cast<scalar_t>(s.head_dim));
-    const at::Tensor qkv_weight_t = o.qkv_weight.t();
-    const at::Tensor out_weight_t = o.out_weight.t();
+    const TileOperands<scalar_t> raw(o);
+    const scalar_t* grad_data = grad.data_ptr<scalar_t>();
+    scalar_t* grad_x_data = grad_x.data_ptr<scalar_t>();
+    // Weight gradients accumulate per parallel_for range, then are summed in the
+    // order of the ranges: deterministic for a given thread count.
+    std::map<int64_t, WeightGrads<scalar_t>> partial;  // keyed by the first tile of the range
+    std::mutex partial_mutex;
     at::parallel_for(0, o.videos * o.tiles_per_video, 1, [&](int64_t begin, int64_t end) {
-      const auto zeros = [&](at::IntArrayRef shape) { return at::zeros(shape, o.x.options()); };
-      Accumulators acc{zeros({c}), zeros({c}), zeros({3 * c, c}), zeros({3 * c}), zeros({c, c}), zeros({c})};
-      TileBuffers buf(s, o.x.options(), /*keep_probs=*/true);
-      at::Tensor grad_tile = at::empty({c, s.tokens}, o.x.options());
-      at::Tensor grad_attended = at::empty({c, s.tokens}, o.x.options());
-      at::Tensor grad_qkv = at::empty({3 * c, s.tokens}, o.x.options());
-      at::Tensor grad_normed = at::empty({c, s.tokens}, o.x.options());
-      at::Tensor sum_g = at::empty({s.tokens}, o.x.options());
-      at::Tensor sum_gx = at::empty({s.tokens}, o.x.options());
-      for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t video = tile / o.tiles_per_video;
-        const int64_t first = (tile % o.tiles_per_video) * s.positions;
-        const int64_t count = std::min(s.positions, s.area - first);
-        const int64_t offset = video * s.frames * c * s.area;
-        tile_forward<scalar_t>(o, run, video, first, count, buf, static_cast<scalar_t>(eps));
-        run.gather_grad(s, grad.data_ptr<scalar_t>() + offset, first, count, grad_tile.data_ptr<scalar_t>());
-        // Output projection: dWout += dY·Aᵀ, dbout += Σ dY, dA = Woutᵀ·dY.
-        acc.out_weight.addmm_(grad_tile, buf.attended.t());
-        acc.out_bias.add_(grad_tile.sum(1));
-        at::mm_out(grad_attended, out_weight_t, grad_tile);
-        run.attend_backward(s, buf.qkv.data_ptr<scalar_t>(), scale, lanes_of<scalar_t>(buf.probs),
-                            grad_attended.data_ptr<scalar_t>(), grad_qkv.data_ptr<scalar_t>(),
-                            lanes_of<scalar_t>(buf.scratch));
-        // Q/K/V projection: dWqkv += dQKV·Hᵀ, dbqkv += Σ dQKV, dH = Wqkvᵀ·dQKV.
-        acc.qkv_weight.addmm_(grad_qkv, buf.normed.t());
-        if (o.qkv_bias.defined()) acc.qkv_bias.add_(grad_qkv.sum(1));
-        at::mm_out(grad_normed, qkv_weight_t, grad_qkv);
-        run.normalize_backward_scatter(s, first, count, grad_normed.data_ptr<scalar_t>(),
-                                       buf.xhat.data_ptr<scalar_t>(), buf.rstd.data_ptr<scalar_t>(),
-                                       o.norm_weight.data_ptr<scalar_t>(), grad_tile.data_ptr<scalar_t>(),
-                                       acc.norm_weight.data_ptr<scalar_t>(), acc.norm_bias.data_ptr<scalar_t>(),
-                                       sum_g.data_ptr<scalar_t>(), sum_gx.data_ptr<scalar_t>(),
-                                       grad_x.data_ptr<scalar_t>() + offset);
-      }
+      WeightGrads<scalar_t> acc(c);
+      backward_tiles<scalar_t>(o, raw, run, grad_data, grad_x_data, static_cast<scalar_t>(eps), begin, end, acc);
       const std::lock_guard<std::mutex> lock(partial_mutex);
       partial.emplace(begin, std::move(acc));
     });
+    WeightGrads<scalar_t> total(c);
+    for (const auto& [first_tile, acc] : partial) total.add(acc);
+    // Gradients in the dtype of the parameters they belong to.
+    grads = {grad_x.to(x.scalar_type()), gradient_tensor(total.norm_weight, {c}, norm_weight),
+             gradient_tensor(total.norm_bias, {c}, norm_bias),
+             gradient_tensor(total.qkv_weight, {3 * c, c}, qkv_weight)};
+    if (qkv_bias.has_value()) grads.push_back(gradient_tensor(total.qkv_bias, {3 * c}, *qkv_bias));
+    grads.push_back(gradient_tensor(total.out_weight, {c, c}, out_weight));
+    grads.push_back(gradient_tensor(total.out_bias, {c}, out_bias));
   });
-
-  Accumulators total = partial.begin()->second;
-  for (auto it = std::next(partial.begin()); it != partial.end(); ++it) {
-    total.norm_weight.add_(it->second.norm_weight);
-    total.norm_bias.add_(it->second.norm_bias);
-    total.qkv_weight.add_(it->second.qkv_weight);
-    total.qkv_bias.add_(it->second.qkv_bias);
-    total.out_weight.add_(it->second.out_weight);
-    total.out_bias.add_(it->second.out_bias);
-  }
-  // Gradients in the dtype of the parameters they belong to.
-  std::vector<at::Tensor> grads = {grad_x.to(x.scalar_type()), total.norm_weight.to(norm_weight.scalar_type()),
-                                   total.norm_bias.to(norm_bias.scalar_type()),
-                                   total.qkv_weight.to(qkv_weight.scalar_type())};
-  if (qkv_bias.has_value()) grads.push_back(total.qkv_bias.to(qkv_bias->scalar_type()));
-  grads.push_back(total.out_weight.to(out_weight.scalar_type()));
-  grads.push_back(total.out_bias.to(out_bias.scalar_type()));
   return grads;
 }
 

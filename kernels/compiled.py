@@ -3,7 +3,9 @@
 `CORE` is the extension module (None when it failed to import, with the
 reason in `IMPORT_ERROR`); `KERNELS` the fused kernels it was built with, as
 "op:device" strings; `WITH_CUDA` whether it includes the CUDA sources.
-Plain constants, so `torch.compile` can trace the backend choice.
+Plain constants, so `torch.compile` can trace the backend choice. Importing
+survgen._C also defines the ops survgen::temporal_attention(_backward) and
+registers its kernels with the dispatcher (csrc/extension.cpp).
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""`survgen::temporal_attention` as a torch.library custom op: schema, implementations, fake and autograd.
+"""`survgen::temporal_attention` as a torch.library custom op: the Python half of it (fake, autograd, reference).
 
-The op is the dispatcher's entry point for the fused backends: the compiled
-kernels of survgen._C are registered for its CPU/CUDA keys at the end of this
-file, and `torch.compile` sees one opaque node with a known output shape (the
-fake implementation) instead of tracing the attention. Where no fused kernel
-exists for a device, the op runs the pure-PyTorch reference there.
+The op is the dispatcher's entry point for the fused backends. survgen._C
+(csrc/extension.cpp) defines its schema and registers the compiled kernels for
+its CPU/CUDA keys in C++, as pytorch/extension-cpp does, so the dispatcher calls
+them directly, never through Python; this file adds the fake implementation
+(`torch.compile` sees one opaque node with a known output shape instead of
+tracing the attention), the autograd formula, and the pure-PyTorch reference
+for every device without a fused kernel. Where survgen._C did not load, the
+schemas are defined here and the reference runs everywhere.
 
 Backward is its own op, `survgen::temporal_attention_backward`, with its own
 per-device kernels; its default implementation recomputes the forward through
@@ -21,30 +24,37 @@ from typing import Optional
 
 import torch
 
-from . import compiled
+from . import compiled  # noqa: F401  (imported for its side effect: loading survgen._C registers the ops)
 from .reference import temporal_attention_reference
 
 
-@torch.library.custom_op("survgen::temporal_attention", mutates_args=())
-def temporal_attention_op(
-    x: torch.Tensor,
-    num_frames: int,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    qkv_weight: torch.Tensor,
-    qkv_bias: Optional[torch.Tensor],
-    out_weight: torch.Tensor,
-    out_bias: torch.Tensor,
-    heads: int,
-    eps: float,
-) -> torch.Tensor:
-    """Temporal attention on `(b·f, c, h, w)`; arguments as `survgen.kernels.temporal_attention` (already checked)."""
-    return temporal_attention_reference(
-        x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias, heads, eps
-    )
+# The schemas survgen._C defines in C++ (csrc/extension.cpp), defined here only where it did not load.
+SCHEMAS = {
+    "temporal_attention": "(Tensor x, int num_frames, Tensor norm_weight, Tensor norm_bias, Tensor qkv_weight, "
+                          "Tensor? qkv_bias, Tensor out_weight, Tensor out_bias, int heads, float eps) -> Tensor",
+    "temporal_attention_backward": "(Tensor grad_out, Tensor x, int num_frames, Tensor norm_weight, Tensor norm_bias, "
+                                   "Tensor qkv_weight, Tensor? qkv_bias, Tensor out_weight, Tensor out_bias, "
+                                   "int heads, float eps) -> Tensor[]",
+}
 
 
-@temporal_attention_op.register_fake
+def _op(name: str) -> torch._ops.OpOverload:
+    """`survgen::name`: the op survgen._C defined when it loaded (`compiled` imports it), else defined here."""
+    if not hasattr(torch.ops.survgen, name):
+        torch.library.define(f"survgen::{name}", SCHEMAS[name])
+    return getattr(torch.ops.survgen, name).default
+
+
+temporal_attention_op = _op("temporal_attention")
+temporal_attention_backward_op = _op("temporal_attention_backward")
+
+# The reference is the kernel of every device survgen._C has none for (CompositeExplicitAutograd: a backend's own
+# kernel, such as the C++ CPU one, takes precedence). Arguments as `survgen.kernels.temporal_attention`, already
+# checked.
+torch.library.register_kernel(temporal_attention_op, None, temporal_attention_reference)
+
+
+@torch.library.register_fake(temporal_attention_op)
 def _temporal_attention_fake(x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias,
                              heads, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -80,12 +90,10 @@ def reference_backward(
     return list(vjp(grad_out))
 
 
-temporal_attention_backward_op = torch.library.custom_op(
-    "survgen::temporal_attention_backward", reference_backward, mutates_args=()
-)
+torch.library.register_kernel(temporal_attention_backward_op, None, reference_backward)
 
 
-@temporal_attention_backward_op.register_fake
+@torch.library.register_fake(temporal_attention_backward_op)
 def _temporal_attention_backward_fake(grad_out, x, num_frames, norm_weight, norm_bias, qkv_weight, qkv_bias,
                                       out_weight, out_bias, heads, eps):
     tensors = (x, norm_weight, norm_bias, qkv_weight, qkv_bias, out_weight, out_bias)
@@ -120,32 +128,5 @@ def backward_through(backward_op):
     return backward
 
 
-temporal_attention_op.register_autograd(backward_through(temporal_attention_backward_op), setup_context=save_inputs)
-
-
-# ---------------------------------------------------------------- the compiled kernels
-# survgen._C binds plain functions; registering them here keeps the whole op
-# family (schema, fake, autograd, per-device kernels) in this one file.
-def native_kernel(kernel, name: str):
-    """`kernel` (survgen._C's `name`) as the kernel failure it is when C++ throws: pybind11 turns
-    std::length_error and std::invalid_argument into ValueError, which the CLI would report as the
-    user's bad input, but the op checked every argument before the kernel ran."""
-
-    def run(*args):
-        try:
-            return kernel(*args)
-        except ValueError as e:
-            raise RuntimeError(f"survgen._C.{name} failed inside the compiled kernel ({e}); `--attention reference` "
-                               "runs without it") from e
-
-    return run
-
-
-# (the op, its name in survgen._C's kernel list, the stem of the bound function)
-_COMPILED = ((temporal_attention_op, "temporal_attention", "temporal_attention_forward"),
-             (temporal_attention_backward_op, "temporal_attention_backward", "temporal_attention_backward"))
-for _device in ("cpu", "cuda"):
-    for _op, _kernel, _stem in _COMPILED:
-        if compiled.has_kernel(_kernel, _device):
-            _function = f"{_stem}_{_device}"
-            _op.register_kernel(_device)(native_kernel(getattr(compiled.CORE, _function), _function))
+torch.library.register_autograd(temporal_attention_op, backward_through(temporal_attention_backward_op),
+                                setup_context=save_inputs)

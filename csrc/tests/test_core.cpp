@@ -2,8 +2,11 @@
 // Checks that the core reports the build it came from, that libtorch links, and
 // that the CPU temporal-attention kernel agrees with the reference written here
 // in ATen ops (forward), and that its backward is the derivative of its forward
-// (directional finite differences), in float64 on an awkward shape.
+// (directional finite differences), in float64 on an awkward shape; and that the
+// core registers the kernels with the dispatcher (the op survgen::temporal_attention
+// runs them).
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
 #include <iostream>
@@ -74,6 +77,18 @@ void check_temporal_attention_cpu() {
   const double analytic = (grads[0] * dx).sum().item<double>();
   expect(std::abs(numeric - analytic) <= 1e-6 * (1 + std::abs(analytic)),
          "temporal_attention_backward_cpu's x gradient is the derivative of the forward");
+
+  // The op, as Python calls it: the dispatcher runs the CPU kernel registered by TORCH_LIBRARY_IMPL.
+  const auto op = c10::Dispatcher::singleton()
+                      .findSchemaOrThrow("survgen::temporal_attention", "")
+                      .typed<at::Tensor(const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&,
+                                        const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+                                        const at::Tensor&, int64_t, double)>();
+  expect(at::equal(op.call(x, f, nw, nb, qkv_w, std::nullopt, out_w, out_b, heads, 1e-5), got),
+         "survgen::temporal_attention through the dispatcher is temporal_attention_forward_cpu");
+  const auto backward = c10::Dispatcher::singleton().findSchemaOrThrow("survgen::temporal_attention_backward", "");
+  expect(backward.hasKernelForDispatchKey(c10::DispatchKey::CPU),
+         "survgen::temporal_attention_backward has a CPU kernel");
 }
 
 }  // namespace
