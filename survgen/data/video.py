@@ -356,11 +356,18 @@ def _decode_from_start(path: Path, unique: list[int], size: int | None) -> dict:
     return frames
 
 
+# One scaling thread: PyAV 17 made libswscale's slice threads the default (threads=0, one per core). A
+# DataLoader worker forked while the parent's scaler held them hangs for ever in pthread_cond_destroy when its
+# own scaler frees them (seen in the suite, issue 30); the frames here are small, and the workers are the
+# parallelism. Older PyAV has no such threads and no `threads` argument.
+_SCALER = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+
+
 def _rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
     if size is None:
-        return frame.to_ndarray(format="rgb24")
+        return frame.to_ndarray(format="rgb24", **_SCALER)
     # BILINEAR rather than AREA: faster at large shrink factors, and antialiased all the same.
-    return frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BILINEAR")
+    return frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BILINEAR", **_SCALER)
 
 
 _LOGGED: set[str] = set()
