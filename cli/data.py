@@ -31,6 +31,7 @@ def synth(
     size: Annotated[int, typer.Option("--size", min=16, help="Frame width and height in pixels.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same dataset.")] = 0,
     frames_per_video: Annotated[Optional[int], typer.Option("--frames-per-video", min=16, help="Frames per video (suturing: about this many, at least 30).", show_default="suturing 270, slb 64")] = None,
+    rare_share: Annotated[Optional[float], typer.Option("--rare-share", help="Suturing: the share of segments of each rare class (G1, G6, G7); the others keep their proportions.", show_default="0.04")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
 ):
     """Write a procedural dataset in the SAR-RARP50 layout: suturing (eight actions, G1/G6/G7 rare) or slb
@@ -39,6 +40,7 @@ def synth(
     Examples:
       survgen data synth --out data/synth
       survgen data synth --task slb --out data/slb
+      survgen data synth --out data/rare --rare-share 0.012   # a few clips per rare class, as SAR-RARP50's G6/G7
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
@@ -48,6 +50,7 @@ def synth(
         from survgen.data.synth import synthesize_dataset as synthesize
 
         num_videos, frames_per_video = num_videos or 36, frames_per_video or 270
+        options = {"rare_share": rare_share}
         if frames_per_video < 30:
             raise ValueError(f"--frames-per-video {frames_per_video}: the suturing task needs at least 30 "
                              "(one action segment)")
@@ -56,12 +59,15 @@ def synth(
         from survgen.data.synth_slb import synthesize_slb as synthesize
 
         num_videos, frames_per_video = num_videos or NUM_VIDEOS, frames_per_video or FRAMES_PER_VIDEO
+        if rare_share is not None:
+            raise ValueError("--rare-share is for --task suturing; the slb task has one event class (20 % of videos)")
+        options = {}
 
     began = time.perf_counter()
     with progress_bar(TextColumn("synthesizing videos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         progress = bar.add_task("videos", total=num_videos)
         synthesize(out, num_videos=num_videos, size=size, seed=seed, frames_per_video=frames_per_video,
-                   overwrite=overwrite, progress=lambda done, total: bar.update(progress, completed=done))
+                   overwrite=overwrite, progress=lambda done, total: bar.update(progress, completed=done), **options)
     say(f"wrote {num_videos} {task} videos of {size}x{size} (seed {seed}) in {time.perf_counter() - began:.1f} s; "
         f"see the class balance with: survgen data stats {out}")
     typer.echo(str(out))

@@ -127,6 +127,9 @@ def downstream_command(
     synthetic: Annotated[list[Path], typer.Option("--synthetic", help="A `survgen generate` folder; repeatable. Generated with --keep-rejected, it also gives the arms without rejection sampling and the rules stricter than its own.")],
     report: Report,
     test: Annotated[Optional[Path], typer.Option("--test", help="Real test data (recordings no arm, nor the generator, trained on); default: --test-fraction of the --real recordings.")] = None,
+    reference_real: Annotated[Optional[Path], typer.Option("--reference-real", help="Real recordings in neither --real nor --test: the positive control adds as many of their rare-class clips as the first synthetic arm adds videos. The generator is judged only if that gain is outside the noise.")] = None,
+    negative_control: Annotated[bool, typer.Option("--negative-control/--no-negative-control", help="Add the first synthetic arm with its rare classes' labels rotated: the harm the experiment must show.")] = DOWNSTREAM.negative_control,
+    codec_control: Annotated[bool, typer.Option("--codec-control/--no-codec-control", help="With --reference-real: add its clips encoded as the generated videos are (what the encoding alone changes).")] = DOWNSTREAM.codec_control,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of --real recordings held out for testing when no --test is given (split by video).")] = 0.2,
     seeds: Annotated[list[int], typer.Option("--seed", help="Training seed; repeatable; the paired intervals need at least 2.")] = DOWNSTREAM.seeds,
     rejection: Annotated[list[str], typer.Option("--rejection", help="Rejection rule of an arm: top-K (class in the classifier's K most probable) or p>=X (its probability at least X); repeatable.")] = DOWNSTREAM.rejection,
@@ -159,9 +162,11 @@ def downstream_command(
         train=dataclasses.replace(base.classifier.train, steps=steps, batch_size=batch_size, lr=lr,
                                   checkpoint_every=max(1, min(100, steps))))
     cfg = dataclasses.replace(base, seeds=list(seeds), rejection=list(rejection), without_rejection=without_rs,
+                              negative_control=negative_control, codec_control=codec_control,
                               test_fraction=test_fraction, classifier=classifier)
     with training_progress(not quiet) as progress:
-        results = run_downstream(real, synthetic, report, cfg, test=test, progress=progress)
+        results = run_downstream(real, synthetic, report, cfg, test=test, reference=reference_real,
+                                 progress=progress)
     write_downstream_report(results, report, command=_command_line())
     say(f"report: {report / 'report.md'}")
     if as_json:
@@ -169,6 +174,10 @@ def downstream_command(
         return
 
     show(_downstream_table(results, len(cfg.seeds)))
+    passed = results["verdict"]["passed"]
+    say({None: "no positive control (--reference-real DIR): the experiment has not shown it can see a gain",
+         True: "the positive control passed: each arm's share of its gain is in the report",
+         False: "the positive control did not pass: this experiment cannot judge the generator"}[passed])
 
 
 def _downstream_table(results: dict, seeds: int) -> Table:
@@ -180,20 +189,24 @@ def _downstream_table(results: dict, seeds: int) -> Table:
     summary, real = results["summary"], results["arms"][0]["name"]
     rare = sorted({c for arm in results["arms"] for c in arm.get("synthetic_clips", {})})
     table = Table(title=text(f"test videos: {results['test']['points']} time points ({seeds} seeds); "
-                             "(Δ against real, paired: gain/loss outside the 95 % interval, ~ within noise)"))
+                             "(Δ against real, paired: gain/loss outside the 95 % interval, ~ within noise, "
+                             "? not judged: no passing positive control)"))
     binary = [k for k in BINARY_HEADLINE if k in summary[real]]  # a two-class task: the event's F1 (per video)
     vocabulary = ClassVocabulary.from_dict(results["vocabulary"])
     table.add_column("arm")
     for column in (["balanced acc.", "macro F1"] + [headline_name(k, vocabulary) for k in binary]
                    + [f"Jaccard {c}" for c in rare]):
         table.add_column(column, justify="right")
+    judged = results["verdict"].get("passed") is True  # a synthetic arm's verdict waits for the positive control
+    controls = {a["name"] for a in results["arms"] if a.get("control")}
     for name, entry in summary.items():
         cells = [mean_std_text(entry[k]) for k in ["balanced_accuracy", "macro_f1"] + binary]
         for code in rare:
             cell = mean_std_text(entry["per_class"][code]["jaccard"])
             if name != real:
                 d = entry["paired"][real]["per_class"][code]["jaccard"]
-                cell += f" ({signed(d['mean'])} {dict(gain='gain', loss='loss').get(d['verdict'], '~')})"
+                said = dict(gain="gain", loss="loss").get(d["verdict"], "~") if judged or name in controls else "?"
+                cell += f" ({signed(d['mean'])} {said})"
             cells.append(cell)
         table.add_row(text(name), *cells)
     return table

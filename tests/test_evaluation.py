@@ -5,8 +5,8 @@ import json
 import pytest
 
 from survgen.classes import ClassVocabulary
-from survgen.evaluation.configs import DownstreamConfig, DownstreamError
-from survgen.evaluation.downstream import mean_std, rejection_rule, run_downstream, scores, summarise, time_points
+from survgen.evaluation.configs import DownstreamConfig, DownstreamError, rejection_rule
+from survgen.evaluation.downstream import mean_std, run_downstream, scores, summarise, time_points
 from survgen.generation.run import GenerationConfig, generate
 from survgen.training.configs import ClassifierStageConfig
 
@@ -171,6 +171,119 @@ def test_the_runner_trains_every_arm_and_seed_and_writes_a_report(synth_dataset,
     assert again["runs"] == results["runs"]
     with pytest.raises(DownstreamError, match="other options"):
         run_downstream(synth_dataset, [generated], out, tiny_config(seeds=[5]))
+
+
+@pytest.fixture(scope="module")
+def generated_two(temporal_run, tmp_path_factory):
+    """A generation folder for G1 and G7, every candidate accepted (the scripted judge ranks G1, G7, G0)."""
+    from test_generation import ScriptedClassifier
+
+    from survgen.models.loading import load_video_model
+
+    out = tmp_path_factory.mktemp("gen") / "rare"
+    cfg = GenerationConfig(classes=["G1", "G7"], n=2, batch_size=1, steps=2)
+    generate(temporal_run, out, cfg, classifier="scripted",
+             loaded=(load_video_model(temporal_run), (ScriptedClassifier([1, 7, 0]), ClassVocabulary())))
+    return out
+
+
+POSITIVE = "real + held-out real (positive control)"
+CODEC = "real + held-out real, encoded as generated (codec control)"
+NEGATIVE = "real + rare (top-3 RS), labels rotated (negative control)"
+
+
+def test_the_controls_add_held_out_real_clips_their_re_encoding_and_mislabelled_videos(
+        synth_dataset, generated_two, tmp_path):
+    from survgen.data.synth import synthesize_dataset
+    from survgen.data.video import read_frames
+    from survgen.evaluation.report import write_downstream_report
+
+    reference = synthesize_dataset(tmp_path / "reference", num_videos=4, frames_per_video=160, seed=3,
+                                   rare_share=0.2)
+    out = tmp_path / "downstream"
+    results = run_downstream(synth_dataset, [generated_two], out, tiny_config(rejection=["top-3"]),
+                             reference=reference)
+    arms = {a["name"]: a for a in results["arms"]}
+    assert list(arms) == ["real", POSITIVE, CODEC, NEGATIVE, "real + rare (top-3 RS)",
+                          "real + rare (no RS, as many as top-3)"]
+    # each control adds as many clips per class as the first synthetic arm
+    for name in (POSITIVE, CODEC, NEGATIVE):
+        assert arms[name]["synthetic_clips"] == arms["real + rare (top-3 RS)"]["synthetic_clips"] == {"G1": 2, "G7": 2}
+    assert arms[POSITIVE]["control"] == "positive" and arms[POSITIVE]["folder"] == str(reference)
+    assert arms[NEGATIVE]["labelled_as"] == {"G1": "G7", "G7": "G1"}
+    rows = (out / "runs" / "controls" / "negative.csv").read_text().splitlines()[1:]
+    assert all(row.split(",")[-1] == ("7" if "/G1_" in row else "1") for row in rows) and len(rows) == 4
+    # the codec control holds the positive control's clips, written as generate writes its videos
+    codec = sorted((out / "runs" / "controls" / "codec").glob("*.mp4"))
+    generated_frames = read_frames(generated_two / "videos" / "G1_00000.mp4", range(16))
+    assert len(codec) == 4 and read_frames(codec[0], range(16)).shape == generated_frames.shape
+    positive = json.loads((out / "runs" / "control-positive" / "seed-0" / "run.json").read_text())
+    assert positive  # the control trained like every arm
+    # the verdict: a 2-step recogniser cannot pass the positive control, so the arms are not judged
+    verdict = results["verdict"]
+    assert verdict["positive_control"] == POSITIVE and verdict["scores"] == ["Jaccard G1", "Jaccard G7"]
+    # (a class no test point and no prediction holds has no Jaccard index, and so no detectable effect)
+    assert set(verdict["minimum_detectable_effect"]) <= {"Jaccard G1", "Jaccard G7"}
+    assert all(d["effect"] >= 0 and d["seeds"] == 2 for d in verdict["minimum_detectable_effect"].values())
+    assert verdict["negative_control"]["arm"] == NEGATIVE and verdict["codec_control"]["against"] == POSITIVE
+    if not verdict["passed"]:
+        assert "fractions" not in verdict
+        text = write_downstream_report(results, out).read_text()
+        assert "the experiment cannot judge the generator" in text and "not judged" in text
+
+    with pytest.raises(DownstreamError, match="a video of the real training or test data"):
+        run_downstream(synth_dataset, [generated_two], tmp_path / "again", tiny_config(rejection=["top-3"]),
+                       reference=synth_dataset)
+
+
+def _runs(gains: dict[str, list[float]]) -> dict[str, dict[int, dict]]:
+    """Per arm, per seed, test scores whose G1 Jaccard is real's (0.3 + seed noise) plus the arm's gain."""
+    noise = [0.0, 0.02, -0.01, 0.03, -0.02]
+    return {arm: {s: {"per_class": {"G1": {"jaccard": 0.3 + noise[s] + g[s]}}} for s in range(5)}
+            for arm, g in gains.items()}
+
+
+def test_the_verdict_judges_only_once_the_positive_control_passes():
+    from survgen.evaluation.verdict import judge
+
+    arms = [{"name": "real"}, {"name": "control", "control": "positive"},
+            {"name": "wrong", "control": "negative", "labelled_as": {"G1": "G6"}}, {"name": "generator"}]
+    control = [0.20, 0.22, 0.18, 0.21, 0.19]
+    runs = _runs({"real": [0] * 5, "control": control, "wrong": [-0.1, -0.12, -0.09, -0.11, -0.1],
+                  "generator": [0.5 * c for c in control]})
+    verdict = judge(runs, arms, ["G1"], binary=False)
+    assert verdict["passed"] and verdict["negative_control"]["shows_harm"]
+    half = verdict["fractions"]["generator"]["Jaccard G1"]
+    # the generator's gain is half the control's seed by seed: the ratio and its whole interval are 0.5
+    assert half["ratio"] == pytest.approx(0.5) and half["low"] == pytest.approx(0.5) and half["high"] == pytest.approx(0.5)
+    detectable = verdict["minimum_detectable_effect"]["Jaccard G1"]
+    assert detectable["seeds"] == 5 and 0 < detectable["effect"] < 0.2 and detectable["seeds_for_control_gain"] >= 2
+
+    noisy = _runs({"real": [0] * 5, "control": [0.3, -0.25, 0.2, -0.3, 0.1], "wrong": [0] * 5,
+                   "generator": [0.1] * 5})
+    verdict = judge(noisy, arms, ["G1"], binary=False)
+    assert verdict["passed"] is False and "fractions" not in verdict
+    assert not verdict["negative_control"]["shows_harm"]
+    assert judge(noisy, [{"name": "real"}, {"name": "generator"}], ["G1"], binary=False)["passed"] is None
+
+
+def test_fieller_intervals_and_the_minimum_detectable_effect():
+    from scipy import stats
+
+    from survgen.evaluation.paired import minimum_detectable_effect, ratio_of_gains, seeds_needed, t_quantile
+
+    for df in (1, 4, 29, 31, 200):
+        assert t_quantile(0.8, df) == pytest.approx(stats.t.ppf(0.8, df), abs=5e-4)
+    control = {s: 0.2 + 0.02 * (s % 3) for s in range(6)}
+    arm = {s: 0.6 * c + 0.01 * (-1) ** s for s, c in control.items()}
+    r = ratio_of_gains(arm, control)
+    assert r["low"] < r["ratio"] < r["high"] and r["ratio"] == pytest.approx(sum(arm.values()) / sum(control.values()))
+    # a control within noise leaves the ratio's interval unbounded
+    assert ratio_of_gains(arm, {0: 0.1, 1: -0.1, 2: 0.05, 3: -0.02})["low"] is None
+    assert minimum_detectable_effect(0.1, 5) == pytest.approx((stats.t.ppf(0.975, 4) + stats.t.ppf(0.8, 4)) * 0.1 / 5**0.5, abs=1e-3)
+    n = seeds_needed(0.1, 0.08)
+    assert minimum_detectable_effect(0.1, n) <= 0.08 < minimum_detectable_effect(0.1, n - 1)
+    assert seeds_needed(0.1, -0.01) is None
 
 
 def test_rejection_rules_read_the_candidates_record():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from survgen.data.index import build_index
-from survgen.data.synth import LABEL_STEP, SEGMENT_SHARE, plan_segments, synthesize_dataset
+from survgen.data.synth import LABEL_STEP, RARE, SEGMENT_SHARE, plan_segments, segment_shares, synthesize_dataset
 from survgen.data.video import probe_video, read_frames
 from survgen.io import OutputPathError
 from tests.conftest import dataset_contents
@@ -50,6 +50,20 @@ def test_segment_plan_is_exactly_imbalanced_with_every_class_and_no_class_twice_
     assert all(30 <= n <= 60 and n % LABEL_STEP == 0 for video in plan for _, n in video)
     with pytest.raises(ValueError, match="fewer than the 8 classes"):
         plan_segments(2, 60, np.random.default_rng(0))
+
+
+def test_the_rare_share_sets_each_rare_class_and_keeps_the_others_proportions():
+    shares = segment_shares(0.012)
+    assert sum(shares) == pytest.approx(1) and all(shares[c] == 0.012 for c in RARE)
+    common = [c for c in range(8) if c not in RARE]
+    np.testing.assert_allclose([shares[c] / shares[0] for c in common], [SEGMENT_SHARE[c] / SEGMENT_SHARE[0] for c in common])
+    counts = np.bincount([c for v in plan_segments(30, 270, np.random.default_rng(1), segment_shares(0.1)) for c, _ in v],
+                         minlength=8)
+    assert all(counts[c] == 18 for c in RARE)  # one each, then 10 % of the other 172 of the 180 segments
+    assert segment_shares() == SEGMENT_SHARE  # the default dataset is unchanged
+    for bad in (0, 0.34, -0.1):
+        with pytest.raises(ValueError, match="rare_share must be in"):
+            segment_shares(bad)
 
 
 def test_rare_classes_are_rare_and_every_class_has_clips(synth_dataset):

@@ -24,8 +24,11 @@ The videos play at 10 fps, SAR-RARP50's label rate and the default clip rate
 (`CLIP_FPS`), so clips take every frame and 16 frames span 1.6 s, as a clip of
 a 60 fps recording does at stride 6.
 
-Segments are dealt so that G1, G6 and G7 are rare (4 % of segments each) and
-G2-G4 common, as in SAR-RARP50; every class gets at least one segment.
+Segments are dealt so that G1, G6 and G7 are rare (4 % of segments each, or
+`rare_share`) and G2-G4 common, as in SAR-RARP50; every class gets at least one
+segment. The downstream experiment uses `rare_share` both ways: a real set as
+rare as SAR-RARP50's G6 and G7 (a few clips each), and held-out sets rich in
+the rare classes for its test and its positive control.
 
 Next to each video the generator knows where its cues are:
 `video_left.cue_masks.npz` (`cue_mask_path`) marks, per frame, the pixels of the needle and the moving
@@ -55,6 +58,7 @@ from survgen.io import OutputPathError, atomic_folder, atomic_path, check_replac
 LABEL_STEP = 6  # SAR-RARP50 labels every 6th frame (10 Hz of 60 fps video)
 SEGMENT_LENGTHS = tuple(range(30, 61, LABEL_STEP))  # frames; each holds several 16-frame clips
 SEGMENT_SHARE = (0.14, 0.04, 0.22, 0.24, 0.20, 0.08, 0.04, 0.04)  # G0..G7, SAR-RARP50-like imbalance
+RARE = (1, 6, 7)  # G1, G6, G7: the classes SurV-Gen generates
 SUPERSAMPLE = 2  # draw at 2x and average down: antialiased edges without a blur pass
 
 
@@ -70,6 +74,7 @@ def synthesize_dataset(
     fps: float = CLIP_FPS,
     frames_per_video: int = 270,
     *,
+    rare_share: float | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
@@ -77,7 +82,9 @@ def synthesize_dataset(
 
     `frames_per_video` is approximate: each video holds about
     `frames_per_video / 45` segments of 30-60 frames. `progress(done, total)`
-    is called after each video. Refuses a non-empty `out`; with `overwrite`,
+    is called after each video. `rare_share`: the share of segments of each of
+    G1, G6 and G7 (default 0.04), the other classes keeping their proportions.
+    Refuses a non-empty `out`; with `overwrite`,
     replaces only a dataset this function wrote (it holds `DATASET_MARKER`).
     """
     out = Path(out)
@@ -91,8 +98,9 @@ def synthesize_dataset(
     elif output_folder(out, option="--out", marker=DATASET_MARKER):
         raise OutputPathError(f"--out {out}: holds a synthetic dataset already; pass --overwrite to replace it, "
                               "or choose a new --out")
+    shares = segment_shares(rare_share)
     rng = np.random.default_rng(seed)
-    plan = plan_segments(num_videos, frames_per_video, rng)
+    plan = plan_segments(num_videos, frames_per_video, rng, shares)
     with atomic_folder(out) as tmp:
         for v, segments in enumerate(plan):
             video_rng = np.random.default_rng([seed, v])
@@ -106,12 +114,26 @@ def synthesize_dataset(
                 progress(v + 1, len(plan))
         (tmp / "README.txt").write_text(_readme(num_videos, size, seed, fps, plan))
         write_json_atomic(tmp / DATASET_MARKER, {"kind": "synthetic dataset", "survgen_version": __version__,
-                                                 "num_videos": num_videos, "size": size, "seed": seed, "fps": fps})
+                                                 "num_videos": num_videos, "size": size, "seed": seed, "fps": fps,
+                                                 "segment_share": list(shares)})
     return out
 
 
-def plan_segments(num_videos: int, frames_per_video: int, rng: np.random.Generator) -> list[list[tuple[int, int]]]:
-    """Per video, its segments as `(class_id, num_frames)`: class counts follow `SEGMENT_SHARE`.
+def segment_shares(rare_share: float | None = None) -> tuple[float, ...]:
+    """`SEGMENT_SHARE` with each rare class at `rare_share` and the others scaled to fill the rest."""
+    if rare_share is None:
+        return SEGMENT_SHARE
+    if not 0 < rare_share < 1 / len(RARE):
+        raise ValueError(f"rare_share must be in (0, {1 / len(RARE):.3f}): the share of each of G1, G6 and G7, "
+                         f"got {rare_share}")
+    common = 1 - sum(SEGMENT_SHARE[c] for c in RARE)
+    scale = (1 - len(RARE) * rare_share) / common
+    return tuple(rare_share if c in RARE else share * scale for c, share in enumerate(SEGMENT_SHARE))
+
+
+def plan_segments(num_videos: int, frames_per_video: int, rng: np.random.Generator,
+                  shares: tuple[float, ...] = SEGMENT_SHARE) -> list[list[tuple[int, int]]]:
+    """Per video, its segments as `(class_id, num_frames)`: class counts follow `shares`.
 
     Counts are allotted by largest remainder (at least one segment per class),
     then shuffled across videos with no class twice in a row within a video,
@@ -119,14 +141,14 @@ def plan_segments(num_videos: int, frames_per_video: int, rng: np.random.Generat
     """
     per_video = max(1, round(frames_per_video / np.mean(SEGMENT_LENGTHS)))
     total = num_videos * per_video
-    num_classes = len(SEGMENT_SHARE)
+    num_classes = len(shares)
     if total < num_classes:
         raise ValueError(
             f"{num_videos} videos of about {frames_per_video} frames hold {total} segments, fewer than the "
             f"{num_classes} classes; raise num_videos or frames_per_video"
         )
     counts = np.ones(num_classes, dtype=int)
-    share = np.asarray(SEGMENT_SHARE) * (total - num_classes)
+    share = np.asarray(shares) * (total - num_classes)
     counts += np.floor(share).astype(int)
     for c in np.argsort(-(share - np.floor(share)), kind="stable")[: total - counts.sum()]:
         counts[c] += 1

@@ -22,6 +22,10 @@ class DownstreamConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     rejection: list[str] = field(default_factory=lambda: ["top-3", "top-1", "p>=0.5"])  # one arm (b) each
     without_rejection: bool = True  # add a matched arm (c) for each rule, where the rejected videos were kept
+    # The controls besides the positive one (which needs --reference-real): the first synthetic arm with its rare
+    # classes' labels rotated, and the positive control's clips encoded as the generated videos are.
+    negative_control: bool = True
+    codec_control: bool = True
     test_fraction: float = 0.2  # share of real recordings held out when no separate test folder is given
     split_seed: int = 0
     test_step: int = 6  # frames between scored time points (SAR-RARP50's label interval)

@@ -23,6 +23,12 @@ arm is compared with real only, and each rule's arm with its matched arm (c),
 seed by seed: the mean difference and its 95 % interval say whether a change
 is outside the noise of training (`survgen.evaluation.paired`).
 
+Controls (`survgen.evaluation.arms`, `survgen.evaluation.verdict`) say whether
+the experiment can see a gain at all: real held-out clips where synthetic ones
+would go (positive), the same clips encoded as generated (codec), synthetic
+clips with the wrong labels (negative). The generator is judged, as a fraction
+of the positive control's gain, only when that gain is outside the noise.
+
 Rules stricter than the generation's own, and arms (c), need the rejected
 candidates on disk (`survgen generate --keep-rejected`); a folder generated
 with `--reject-topk 0` is itself an arm without rejection sampling.
@@ -44,23 +50,21 @@ is decoded once, in this process, and kept for all runs when they fit in
 Output folder (resumable: a finished run is never retrained, a killed one
 continues from its checkpoint):
 
-    OUT/downstream.json            request, test set, per-run scores, summary over seeds
+    OUT/downstream.json            request, test set, per-run scores, summary over seeds, verdict
+    OUT/runs/controls/             the codec control's videos and the controls' labels
     OUT/runs/ARM/seed-S/           each arm's classifier run (`survgen train-classifier` layout)
     OUT/runs/ARM/seed-S/test.json  its predictions and scores on the test videos
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
-import re
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -71,136 +75,18 @@ from survgen.console import say, warn
 from survgen.data.datasets import to_pixels
 from survgen.data.index import DatasetError, VideoIndex, build_index
 from survgen.data.video import frame_cache, read_frames
+from survgen.evaluation.arms import MANIFEST, Arm, combine, control_arms, synthetic_arms
+from survgen.evaluation.configs import BINARY_HEADLINE, DownstreamConfig, DownstreamError
 from survgen.evaluation.paired import paired_difference
-from survgen.io import output_folder, write_json_atomic, write_text_atomic
+from survgen.evaluation.verdict import judge
+from survgen.io import output_folder, write_json_atomic
 from survgen.models.loading import load_classifier
 from survgen.training.classifier import classifier_config, train_classifier
-from survgen.evaluation.configs import BINARY_HEADLINE, DownstreamConfig, DownstreamError, rejection_rule
 from survgen.training.configs import ClassifierStageConfig
 from survgen.training.loop import StepReporter
 
 RESULTS = "downstream.json"
 TEST_RESULTS = "test.json"
-MANIFEST = "manifest.json"
-
-
-# ---------------------------------------------------------------- arms
-@dataclass
-class Arm:
-    """One training set: the real training clips plus (maybe) synthetic ones."""
-
-    name: str  # as printed in tables, e.g. "real + rare (top-3 RS)"
-    slug: str  # its folder under OUT/runs
-    synthetic: VideoIndex | None = None
-    source: dict = field(default_factory=dict)  # folder, rejection rule, videos per class
-
-    def synthetic_counts(self) -> dict[int, int]:
-        return self.synthetic.class_counts() if self.synthetic is not None else {}
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "synthetic"
-
-
-def _synthetic_index(folder: Path, rows: list[tuple[str, int]], vocabulary: ClassVocabulary, cfg,
-                     labels_csv: Path) -> VideoIndex:
-    """The clips of generated videos `(file, class_id)`, labelled by `labels_csv`: each video is one segment."""
-    index = build_index(folder, clip_length=cfg.clip_length, clip_fps=cfg.clip_fps, layout="csv",
-                        labels_csv=labels_csv, vocabulary=vocabulary)
-    wanted = {f for f, _ in rows}
-    # video ids are made unique to the folder, so synthetic videos never share a "recording" with real ones
-    clips = [replace(c, video_id=f"{folder.name}/{c.video_id}") for c in index.clips
-             if c.video.relative_to(folder).as_posix() in wanted]
-    return replace(index, clips=clips)
-
-
-def _labels_csv(rows: list[tuple[str, int]], frames: int, path: Path) -> Path:
-    """A labels CSV for generated videos `(file, class_id)`, each one segment (rewritten from the manifest)."""
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["video", "start_frame", "end_frame", "class"])
-    writer.writerows((file, 0, frames, class_id) for file, class_id in rows)
-    write_text_atomic(path, text.getvalue())
-    return path
-
-
-def synthetic_arms(folder: str | Path, vocabulary: ClassVocabulary, cfg: DownstreamConfig, work: Path,
-                   warnings: list[str]) -> list[Arm]:
-    """The arms a `survgen generate` output folder gives: one per rejection rule, each followed by its matched
-    arm without rejection sampling; a rule whose videos are not all on disk is skipped with a warning."""
-    folder = Path(folder)
-    manifest = _generation_manifest(folder, vocabulary)
-    records, config = manifest["videos"], manifest["request"]["config"]
-    if not config["reject_topk"]:
-        kept = [(r["file"], r["class_id"]) for r in records if r["file"] is not None]
-        return [_arm(folder, f"{folder.name} (no RS)", kept, vocabulary, cfg, work, rule=None,
-                     frames=config["num_frames"])]
-    arms = []
-    for rule in cfg.rejection:
-        passed = rejection_rule(rule)
-        chosen = [r for r in records if passed(r)]
-        if any(r["file"] is None for r in chosen):
-            warnings.append(f"{folder}: {rule} rejection needs videos the generation rejected, which were not kept "
-                            "(survgen generate --keep-rejected); its arms are left out")
-            continue
-        if not chosen:
-            warnings.append(f"{folder}: no candidate passes {rule}; its arms are left out")
-            continue
-        arms.append(_arm(folder, f"{folder.name} ({rule} RS)", [(r["file"], r["class_id"]) for r in chosen],
-                         vocabulary, cfg, work, rule=rule, frames=config["num_frames"]))
-        if cfg.without_rejection and (first := _first_candidates(records, chosen)) is not None:
-            matched = _arm(folder, f"{folder.name} (no RS, as many as {rule})", first, vocabulary, cfg, work,
-                           rule=None, frames=config["num_frames"])
-            arms[-1].source["matched_without_rs"] = matched.name
-            arms.append(matched)
-    return arms
-
-
-def _generation_manifest(folder: Path, vocabulary: ClassVocabulary) -> dict:
-    if not (folder / MANIFEST).exists():
-        raise DownstreamError(f"{folder}: no {MANIFEST}; give the output folder of `survgen generate`")
-    stored = ClassVocabulary.for_folder(folder)
-    if tuple(stored.names) != tuple(vocabulary.names):
-        raise DownstreamError(f"{folder}: generated for classes {list(stored.names)}, but the real data has "
-                              f"{list(vocabulary.names)}; generate with a model trained on this dataset")
-    manifest = json.loads((folder / MANIFEST).read_text())
-    if not any(r["accepted"] for r in manifest["videos"]):
-        raise DownstreamError(f"{folder}: holds no accepted video yet; finish `survgen generate` first")
-    return manifest
-
-
-def _first_candidates(records: list[dict], chosen: list[dict]) -> list[tuple[str, int]] | None:
-    """As many videos per class as `chosen` holds, the first candidates whatever the classifier said; None when
-    one of them was not kept on disk."""
-    first = []
-    for class_id in sorted({r["class_id"] for r in chosen}):
-        n = sum(1 for r in chosen if r["class_id"] == class_id)
-        candidates = sorted((r for r in records if r["class_id"] == class_id), key=lambda r: r["candidate"])[:n]
-        if any(r["file"] is None for r in candidates):
-            return None
-        first += [(r["file"], class_id) for r in candidates]
-    return first
-
-
-def _arm(folder: Path, label: str, rows: list[tuple[str, int]], vocabulary: ClassVocabulary,
-         cfg: DownstreamConfig, work: Path, *, rule: str | None, frames: int) -> Arm:
-    """Real + the generated videos `rows`, labelled through a CSV written into `work`."""
-    csv_path = _labels_csv(rows, frames, work / f"{_slug(label)}.csv")
-    per_class = {vocabulary.code(c): sum(1 for _, k in rows if k == c) for c in sorted({k for _, k in rows})}
-    source = {"folder": str(folder), "rejection": rule, "rejection_sampling": rule is not None, "videos": per_class}
-    if rule is None:
-        source["chosen"] = "the first candidates of each class, accepted or not"
-    return Arm(name=f"real + {label}", slug=_slug(label),
-               synthetic=_synthetic_index(folder, rows, vocabulary, cfg.classifier, csv_path),
-               source=source)
-
-
-def combine(real: VideoIndex, synthetic: VideoIndex | None) -> VideoIndex:
-    """The real clips followed by the synthetic ones, as one index to train on."""
-    if synthetic is None:
-        return real
-    return replace(real, clips=real.clips + synthetic.clips, segments=real.segments + synthetic.segments,
-                   videos={**real.videos, **synthetic.videos}, warnings=real.warnings + synthetic.warnings)
 
 
 # ---------------------------------------------------------------- test points
@@ -339,7 +225,7 @@ def summarise(runs: list[dict], arms: list[Arm], vocabulary: ClassVocabulary) ->
         entry["per_class"] = {code: {metric: mean_std([m["per_class"][code][metric] for m in mine])
                                      for metric in ("jaccard", "f1")} for code in codes}
         entry["seeds"] = len(mine)
-        against = [arms[0].name] + ([arm.source["matched_without_rs"]] if "matched_without_rs" in arm.source else [])
+        against = [arms[0].name] + [arm.source[k] for k in ("matched_without_rs", "compare_with") if k in arm.source]
         entry["paired"] = {other: _paired(by_arm[arm.name], by_arm[other], headline, codes)
                            for other in dict.fromkeys(against) if other != arm.name}
         summary[arm.name] = entry
@@ -366,10 +252,20 @@ def _paired(arm: dict[int, dict], other: dict[int, dict], headline: tuple[str, .
     return paired
 
 
+def verdict(runs: list[dict], arms: list[dict], vocabulary: ClassVocabulary) -> dict:
+    """The controls' verdicts and each arm's fraction of the positive control's gain (`survgen.evaluation.verdict`)."""
+    rare = [vocabulary.code(c) for c in range(len(vocabulary))
+            if any(vocabulary.code(c) in a.get("synthetic_clips", {}) for a in arms if not a.get("control"))]
+    by_arm = {a["name"]: {r["seed"]: r["test"] for r in runs if r["arm"] == a["name"]} for a in arms}
+    return judge(by_arm, arms, rare, binary=len(vocabulary) == 2)
+
+
 # ---------------------------------------------------------------- the experiment
-def _request(real: Path, test: Path | None, synthetic: list[Path], cfg: DownstreamConfig) -> dict:
+def _request(real: Path, test: Path | None, synthetic: list[Path], reference: Path | None,
+             cfg: DownstreamConfig) -> dict:
     request = {"real": str(real), "test": str(test) if test else None,  # as given: no machine's absolute paths
-               "synthetic": [str(s) for s in synthetic], "config": config_to_dict(cfg)}
+               "synthetic": [str(s) for s in synthetic], "reference_real": str(reference) if reference else None,
+               "config": config_to_dict(cfg)}
     return json.loads(json.dumps(request))  # as it reads back from downstream.json (tuples become lists)
 
 
@@ -403,20 +299,26 @@ def generator_saw_test(synthetic: Path, test_videos: list[Path]) -> str | None:
 
 
 def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Path, cfg: DownstreamConfig, *,
-                   test: str | Path | None = None, progress: StepReporter | None = None) -> dict:
-    """Train and score every arm over every seed; returns (and writes to OUT/downstream.json) the results."""
+                   test: str | Path | None = None, reference: str | Path | None = None,
+                   progress: StepReporter | None = None) -> dict:
+    """Train and score every arm over every seed; returns (and writes to OUT/downstream.json) the results.
+
+    `reference`: a folder of real recordings held out from `real` and `test`, the positive control's source.
+    """
     cfg.check()
     real, out = Path(real), Path(out)
     synthetic = [Path(s) for s in synthetic]
     test = Path(test) if test is not None else None
-    request = _request(real, test, synthetic, cfg)
+    reference = Path(reference) if reference is not None else None
+    request = _request(real, test, synthetic, reference, cfg)
     _open(out, request)
     train_index, test_index = training_and_test_sets(real, test, cfg)
     vocabulary = train_index.vocabulary
-    arms = [Arm(name="real", slug="real")]
     warnings = [w for w in (generator_saw_test(s, list(test_index.videos)) for s in synthetic) if w]
-    for folder in synthetic:
-        arms += synthetic_arms(folder, vocabulary, cfg, out / "runs", warnings)
+    generated = [arm for folder in synthetic for arm in synthetic_arms(folder, vocabulary, cfg, out / "runs", warnings)]
+    controls = control_arms(reference, generated[0] if generated else None, cfg, vocabulary,
+                            set(train_index.videos) | set(test_index.videos), out / "runs", warnings)
+    arms = [Arm(name="real", slug="real"), *controls, *generated]
     points = time_points(test_index, cfg.test_step, warnings)
     if not points:
         raise DatasetError(f"{test or real}: no labelled time point in the test videos to score")
@@ -435,6 +337,7 @@ def run_downstream(real: str | Path, synthetic: list[str | Path], out: str | Pat
                                          indexes[arm.slug], points, vocabulary, clf, progress)
                 results["runs"].append({k: v for k, v in record.items() if k != "predictions"})
                 results["summary"] = summarise(results["runs"], arms, vocabulary)
+                results["verdict"] = verdict(results["runs"], results["arms"], vocabulary)
                 write_json_atomic(out / RESULTS, results)  # after every run, so a killed job keeps what it finished
     results["seconds_this_session"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / RESULTS, results)

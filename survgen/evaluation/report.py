@@ -39,7 +39,8 @@ from survgen.visualize import grid, save_png, to_uint8
 REPORT = "report.md"
 EXAMPLES_PER_CLASS = 8  # frames per row of the real-vs-generated grid
 GIF_CLIPS = 4  # clips side by side in a class's GIF strip
-ARM_COLOURS = ("#7f7f7f", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e")
+ARM_COLOURS = ("#7f7f7f", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4",
+               "#b2df8a")
 
 
 # ---------------------------------------------------------------- formatting
@@ -243,6 +244,7 @@ def write_downstream_report(results: dict, folder: str | Path, *, command: str |
     lines = ["# Downstream test: does synthetic data help the recogniser?", "",
              provenance(command, results.get("seconds_this_session"), resumable=True), ""]
     lines += _setup_section(results)
+    lines += _verdict_section(results)
     lines += _results_section(results, vocabulary, folder)
     lines += _noise_section(results, vocabulary)
     lines += _class_balance_section(results, vocabulary, folder)
@@ -278,6 +280,64 @@ def _setup_section(results: dict) -> list[str]:
     rows = [[a["name"], ", ".join(f"{c} +{n}" for c, n in a.get("synthetic_clips", {}).items()) or "–",
              a.get("rejection") or ("–" if a["name"] == real_name else "none (first candidates)")] for a in arms]
     return lines + [markdown_table(["arm", "synthetic clips added", "rejection rule"], rows, "lll"), ""]
+
+
+def _verdict_section(results: dict) -> list[str]:
+    """Whether the positive control passed, and so whether the arms are judged; the other controls; the minimum
+    detectable effect per score."""
+    verdict = results.get("verdict", {})
+    lines = ["## Can this experiment judge the generator?", ""]
+    if verdict.get("positive_control") is None:
+        lines += ["**It has not shown that it can.** No positive control was run (`--reference-real DIR`: real "
+                  "held-out clips where the synthetic ones go), so the differences below are not verdicts on the "
+                  "generator.", ""]
+    else:
+        gains = ", ".join(f"{score} {interval_text(d)}" for score, d in verdict["control_gain"].items())
+        if verdict["passed"]:
+            lines += [f"**Yes.** The positive control (`{verdict['positive_control']}`) gains outside the noise on "
+                      f"every score it is judged on: {gains}.", "",
+                      "What each arm recovers of the positive control's gain (mean gain over the control's; "
+                      "Fieller's 95 % interval):", "",
+                      markdown_table(["arm"] + verdict["scores"],
+                                     [[arm] + [fraction_text(f) for f in row.values()]
+                                      for arm, row in verdict.get("fractions", {}).items()]), ""]
+        else:
+            lines += [f"**No: the experiment cannot judge the generator.** The positive control "
+                      f"(`{verdict['positive_control']}`) does not gain outside the noise on every score: {gains}. "
+                      "The verdicts on the other arms are left out; the minimum detectable effect below says how "
+                      "many seeds would be needed.", ""]
+        lines += _other_controls_lines(verdict)
+    detectable = verdict.get("minimum_detectable_effect", {})
+    if detectable:
+        rows = [[score, number(d["sd"]), str(d["seeds"]), number(d["effect"]),
+                 str(d.get("seeds_for_control_gain") or "–")] for score, d in detectable.items()]
+        lines += ["Minimum detectable effect: the smallest true gain these seeds show outside the noise in 80 % of "
+                  "experiments, (t(0.975) + t(0.8)) · sd / √seeds, with sd the spread of the paired gains against "
+                  "real (pooled over the arms, the negative control left out).", "",
+                  markdown_table(["score", "sd of paired gains", "seeds", "minimum detectable effect",
+                                  "seeds for a gain the size of the positive control's"], rows, "lrrrr"), ""]
+    return lines
+
+
+def _other_controls_lines(verdict: dict) -> list[str]:
+    lines = []
+    if negative := verdict.get("negative_control"):
+        harm = ", ".join(f"{score} {interval_text(d)}" for score, d in negative["harm"].items())
+        said = "shows the harm it must" if negative["shows_harm"] else "does **not** show harm outside the noise"
+        lines += [f"The negative control (`{negative['arm']}`) {said}: {harm}.", ""]
+    if codec := verdict.get("codec_control"):
+        cost = ", ".join(f"{score} {interval_text(d)}" for score, d in codec["difference"].items())
+        lines += [f"The codec control (`{codec['arm']}`), against the positive control: {cost} (what writing the "
+                  "same real clips as the generated videos are written changes).", ""]
+    return lines
+
+
+def fraction_text(f: dict) -> str:
+    """A share of the control's gain as `60 % [35, 85]` (an unbounded interval as `[–, –]`)."""
+    if f["ratio"] is None:
+        return "–"
+    bounds = "–, –" if f["low"] is None else f"{100 * f['low']:.0f}, {100 * f['high']:.0f}"
+    return f"{100 * f['ratio']:.0f} % [{bounds}]"
 
 
 def _recogniser(preset: str) -> str:
@@ -345,14 +405,18 @@ def _noise_section(results: dict, vocabulary: ClassVocabulary) -> list[str]:
     two-class task, the event class's F1."""
     summary = results["summary"]
     rare = synthetic_classes(results["arms"], [vocabulary.code(c) for c in range(len(vocabulary))])
+    judged = results.get("verdict", {}).get("passed") is True
+    controls = {a["name"] for a in results["arms"] if a.get("control")}
     rows = []
     for arm, entry in summary.items():
         for other, paired in entry.get("paired", {}).items():
+            shown = judged or arm in controls
             cells = [(f"Jaccard {code}", paired["per_class"][code]["jaccard"]) for code in rare]
             cells.append(("balanced accuracy", paired["balanced_accuracy"]))
             # a two-class task: the event's F1, and both per video, are headlines too
             cells += [(headline_name(k, vocabulary), paired[k]) for k in BINARY_HEADLINE if k in paired]
-            rows += [[arm, other, what, interval_text(d), str(d["n"]), d["verdict"]] for what, d in cells]
+            rows += [[arm, other, what, interval_text(d), str(d["n"]), d["verdict"] if shown else "not judged"]
+                     for what, d in cells]
     if not rows:
         return []
     return ["## Is the change outside the noise?", "",
@@ -360,7 +424,8 @@ def _noise_section(results: dict, vocabulary: ClassVocabulary) -> list[str]:
                            rows, "lllrrl"), "",
             "Differences are paired by seed (the seed fixes the recogniser's initial weights and data order); the "
             "interval is Student's t over the seeds. `gain` or `loss`: the interval excludes zero; `within noise`: "
-            "it does not, and these seeds cannot tell the arms apart.", ""]
+            "it does not, and these seeds cannot tell the arms apart. `not judged`: the positive control did not "
+            "pass (or was not run), so a synthetic arm's difference is no verdict.", ""]
 
 
 def synthetic_classes(arms: list[dict], codes: list[str]) -> list[str]:
