@@ -201,11 +201,10 @@ def test_the_controls_add_held_out_real_clips_their_re_encoding_and_mislabelled_
     reference = synthesize_dataset(tmp_path / "reference", num_videos=4, frames_per_video=160, seed=3,
                                    rare_share=0.2)
     out = tmp_path / "downstream"
-    results = run_downstream(synth_dataset, [generated_two], out, tiny_config(rejection=["top-3"]),
-                             reference=reference)
+    cfg = tiny_config(rejection=["top-3"], without_rejection=False)
+    results = run_downstream(synth_dataset, [generated_two], out, cfg, reference=reference)
     arms = {a["name"]: a for a in results["arms"]}
-    assert list(arms) == ["real", POSITIVE, CODEC, NEGATIVE, "real + rare (top-3 RS)",
-                          "real + rare (no RS, as many as top-3)"]
+    assert list(arms) == ["real", POSITIVE, CODEC, NEGATIVE, "real + rare (top-3 RS)"]
     # each control adds as many clips per class as the first synthetic arm
     for name in (POSITIVE, CODEC, NEGATIVE):
         assert arms[name]["synthetic_clips"] == arms["real + rare (top-3 RS)"]["synthetic_clips"] == {"G1": 2, "G7": 2}
@@ -232,8 +231,7 @@ def test_the_controls_add_held_out_real_clips_their_re_encoding_and_mislabelled_
         assert "the experiment cannot judge the generator" in text and "not judged" in text
 
     with pytest.raises(DownstreamError, match="a video of the real training or test data"):
-        run_downstream(synth_dataset, [generated_two], tmp_path / "again", tiny_config(rejection=["top-3"]),
-                       reference=synth_dataset)
+        run_downstream(synth_dataset, [generated_two], tmp_path / "again", cfg, reference=synth_dataset)
 
 
 def _runs(gains: dict[str, list[float]]) -> dict[str, dict[int, dict]]:
