@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 . scripts/venv.sh
 
 OUT=${OUT:-evaluation}
-DOCS=${DOCS:-docs/evaluation}  # where the reports are copied for the README; DOCS= (empty) skips the copy
+DOCS=${DOCS-docs/evaluation}  # where the reports are copied for the README; DOCS= (empty) skips the copy
 SEEDS=${SEEDS:-0 1 2 3 4}      # the downstream trainings' seeds: more seeds, narrower paired intervals
 RULES=${RULES:-top-3 top-1 p>=0.5}
 seeds=() rules=()

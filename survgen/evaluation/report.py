@@ -278,8 +278,14 @@ def _setup_section(results: dict) -> list[str]:
              f"- seeds: {', '.join(map(str, config['seeds']))} (mean ± sample standard deviation over them)", ""]
     real_name = arms[0]["name"]
     rows = [[a["name"], ", ".join(f"{c} +{n}" for c, n in a.get("synthetic_clips", {}).items()) or "–",
-             a.get("rejection") or ("–" if a["name"] == real_name else "none (first candidates)")] for a in arms]
+             a.get("rejection") or _no_rule(a, real_name)] for a in arms]
     return lines + [markdown_table(["arm", "synthetic clips added", "rejection rule"], rows, "lll"), ""]
+
+
+def _no_rule(arm: dict, real_name: str) -> str:
+    if arm["name"] == real_name:
+        return "–"
+    return "– (real clips)" if arm.get("control") in ("positive", "codec") else "none (first candidates)"
 
 
 def _verdict_section(results: dict) -> list[str]:
