@@ -46,6 +46,7 @@ class Arm:
     source: dict = field(default_factory=dict)  # folder, rejection rule, videos per class, control
     rows: list[tuple[str, int]] = field(default_factory=list)  # the added videos `(file, class_id)` in `folder`
     folder: Path | None = None
+    generation: dict = field(default_factory=dict)  # the generation request's config (frames, fps) of `folder`
 
     def synthetic_counts(self) -> dict[int, int]:
         return self.synthetic.class_counts() if self.synthetic is not None else {}
@@ -87,7 +88,7 @@ def synthetic_arms(folder: str | Path, vocabulary: ClassVocabulary, cfg: Downstr
     if not config["reject_topk"]:
         kept = [(r["file"], r["class_id"]) for r in records if r["file"] is not None]
         return [_arm(folder, f"{folder.name} (no RS)", kept, vocabulary, cfg, work, rule=None,
-                     frames=config["num_frames"])]
+                     generation=config)]
     arms = []
     for rule in cfg.rejection:
         passed = rejection_rule(rule)
@@ -100,10 +101,10 @@ def synthetic_arms(folder: str | Path, vocabulary: ClassVocabulary, cfg: Downstr
             warnings.append(f"{folder}: no candidate passes {rule}; its arms are left out")
             continue
         arms.append(_arm(folder, f"{folder.name} ({rule} RS)", [(r["file"], r["class_id"]) for r in chosen],
-                         vocabulary, cfg, work, rule=rule, frames=config["num_frames"]))
+                         vocabulary, cfg, work, rule=rule, generation=config))
         if cfg.without_rejection and (first := _first_candidates(records, chosen)) is not None:
             matched = _arm(folder, f"{folder.name} (no RS, as many as {rule})", first, vocabulary, cfg, work,
-                           rule=None, frames=config["num_frames"])
+                           rule=None, generation=config)
             arms[-1].source["matched_without_rs"] = matched.name
             arms.append(matched)
     return arms
@@ -136,16 +137,16 @@ def _first_candidates(records: list[dict], chosen: list[dict]) -> list[tuple[str
 
 
 def _arm(folder: Path, label: str, rows: list[tuple[str, int]], vocabulary: ClassVocabulary,
-         cfg: DownstreamConfig, work: Path, *, rule: str | None, frames: int) -> Arm:
+         cfg: DownstreamConfig, work: Path, *, rule: str | None, generation: dict) -> Arm:
     """Real + the generated videos `rows`, labelled through a CSV written into `work`."""
-    csv_path = _labels_csv(rows, frames, work / f"{_slug(label)}.csv")
+    csv_path = _labels_csv(rows, generation["num_frames"], work / f"{_slug(label)}.csv")
     per_class = {vocabulary.code(c): sum(1 for _, k in rows if k == c) for c in sorted({k for _, k in rows})}
     source = {"folder": str(folder), "rejection": rule, "rejection_sampling": rule is not None, "videos": per_class}
     if rule is None:
         source["chosen"] = "the first candidates of each class, accepted or not"
     return Arm(name=f"real + {label}", slug=_slug(label),
                synthetic=_synthetic_index(folder, rows, vocabulary, cfg.classifier, csv_path),
-               source=source, rows=rows, folder=folder)
+               source=source, rows=rows, folder=folder, generation=generation)
 
 
 def combine(real: VideoIndex, synthetic: VideoIndex | None) -> VideoIndex:
@@ -220,7 +221,7 @@ def control_arms(reference: Path | None, first: Arm | None, cfg: DownstreamConfi
             rotated = {c: rare[(i + 1) % len(rare)] for i, c in enumerate(rare)}
             rows = [(file, rotated[k]) for file, k in first.rows]
             label = f"{first.name.removeprefix('real + ')}, labels rotated (negative control)"
-            csv_path = _labels_csv(rows, _frames_of(first), work / CONTROLS / "negative.csv")
+            csv_path = _labels_csv(rows, first.generation["num_frames"], work / CONTROLS / "negative.csv")
             arms.append(Arm(name=f"real + {label}", slug="control-negative", rows=rows, folder=first.folder,
                             synthetic=_synthetic_index(first.folder, rows, vocabulary, cfg.classifier, csv_path),
                             source={**{k: first.source[k] for k in ("folder", "rejection")}, "control": "negative",
@@ -233,14 +234,13 @@ def codec_control(clips: VideoIndex, first: Arm, cfg: DownstreamConfig, vocabula
                   positive: str) -> Arm:
     """The positive control's clips, decoded and written as the first synthetic arm's videos were (their size,
     frame rate and container), into `folder`; a video already written is kept (the experiment resumes)."""
-    config = json.loads((first.folder / MANIFEST).read_text())["request"]["config"]
     sample = first.folder / first.rows[0][0]
     size = read_frames(sample, [0]).shape[1]
     rows = []
     for i, clip in enumerate(clips.clips):
         name = f"{vocabulary.code(clip.class_id)}_{i:05d}{sample.suffix}"
         if not (folder / name).exists():
-            write_video(folder / name, read_frames(clip.video, clips.frames(clip), size), fps=config["fps"])
+            write_video(folder / name, read_frames(clip.video, clips.frames(clip), size), fps=first.generation["fps"])
         rows.append((name, clip.class_id))
     csv_path = _labels_csv(rows, clips.clip_length, folder.parent / "codec.csv")
     index = _synthetic_index(folder, rows, vocabulary, cfg.classifier, csv_path)
@@ -253,6 +253,3 @@ def codec_control(clips: VideoIndex, first: Arm, cfg: DownstreamConfig, vocabula
 def _per_class(index: VideoIndex, vocabulary: ClassVocabulary) -> dict[str, int]:
     return {vocabulary.code(c): n for c, n in index.class_counts().items() if n}
 
-
-def _frames_of(arm: Arm) -> int:
-    return json.loads((arm.folder / MANIFEST).read_text())["request"]["config"]["num_frames"]
