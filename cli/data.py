@@ -31,7 +31,7 @@ def synth(
     size: Annotated[int, typer.Option("--size", min=16, help="Frame width and height in pixels.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same dataset.")] = 0,
     frames_per_video: Annotated[Optional[int], typer.Option("--frames-per-video", min=16, help="Frames per video (suturing: about this many, at least 30).", show_default="suturing 270, slb 64")] = None,
-    rare_share: Annotated[Optional[float], typer.Option("--rare-share", help="Suturing: the share of segments of each rare class (G1, G6, G7); the others keep their proportions.", show_default="0.04")] = None,
+    rare_share: Annotated[Optional[float], typer.Option("--rare-share", help="Suturing: the share of segments of each rare class (G1, G6, G7); the others keep their proportions. SLB: the share of videos with bleeding.", show_default="suturing 0.04, slb 0.2")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
 ):
     """Write a procedural dataset in the SAR-RARP50 layout: suturing (eight actions, G1/G6/G7 rare) or slb
@@ -59,9 +59,7 @@ def synth(
         from survgen.data.synth_slb import synthesize_slb as synthesize
 
         num_videos, frames_per_video = num_videos or NUM_VIDEOS, frames_per_video or FRAMES_PER_VIDEO
-        if rare_share is not None:
-            raise ValueError("--rare-share is for --task suturing; the slb task has one event class (20 % of videos)")
-        options = {}
+        options = {"bleeding_share": rare_share} if rare_share is not None else {}
 
     began = time.perf_counter()
     with progress_bar(TextColumn("synthesizing videos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:

@@ -174,30 +174,33 @@ def downstream_command(
         return
 
     show(_downstream_table(results, len(cfg.seeds)))
-    passed = results["verdict"]["passed"]
+    verdict = results["verdict"]
+    if verdict["passed"] is False and verdict.get("judged"):
+        say(f"the positive control gained on {', '.join(verdict['judged'])} only: the generator is judged there "
+            "(each arm's share of the control's gain is in the report), not on the other scores")
+        return
     say({None: "no positive control (--reference-real DIR): the experiment has not shown it can see a gain",
          True: "the positive control passed: each arm's share of its gain is in the report",
-         False: "the positive control did not pass: this experiment cannot judge the generator"}[passed])
+         False: "the positive control did not pass: this experiment cannot judge the generator"}[verdict["passed"]])
 
 
 def _downstream_table(results: dict, seeds: int) -> Table:
     """Each arm's headline scores and rare-class Jaccard, with the paired difference against real."""
     from survgen.classes import ClassVocabulary
     from survgen.evaluation.configs import BINARY_HEADLINE
-    from survgen.evaluation.report import headline_name, mean_std_text, signed
+    from survgen.evaluation.report import headline_name, judged_on, mean_std_text, signed
 
     summary, real = results["summary"], results["arms"][0]["name"]
     rare = sorted({c for arm in results["arms"] for c in arm.get("synthetic_clips", {})})
     table = Table(title=text(f"test videos: {results['test']['points']} time points ({seeds} seeds); "
                              "(Δ against real, paired: gain/loss outside the 95 % interval, ~ within noise, "
-                             "? not judged: no passing positive control)"))
+                             "? not judged: the positive control did not gain on it)"))
     binary = [k for k in BINARY_HEADLINE if k in summary[real]]  # a two-class task: the event's F1 (per video)
     vocabulary = ClassVocabulary.from_dict(results["vocabulary"])
     table.add_column("arm")
     for column in (["balanced acc.", "macro F1"] + [headline_name(k, vocabulary) for k in binary]
                    + [f"Jaccard {c}" for c in rare]):
         table.add_column(column, justify="right")
-    judged = results["verdict"].get("passed") is True  # a synthetic arm's verdict waits for the positive control
     controls = {a["name"] for a in results["arms"] if a.get("control")}
     for name, entry in summary.items():
         cells = [mean_std_text(entry[k]) for k in ["balanced_accuracy", "macro_f1"] + binary]
@@ -205,7 +208,8 @@ def _downstream_table(results: dict, seeds: int) -> Table:
             cell = mean_std_text(entry["per_class"][code]["jaccard"])
             if name != real:
                 d = entry["paired"][real]["per_class"][code]["jaccard"]
-                said = dict(gain="gain", loss="loss").get(d["verdict"], "~") if judged or name in controls else "?"
+                shown = name in controls or judged_on(results["verdict"], f"Jaccard {code}")  # waits for the control
+                said = dict(gain="gain", loss="loss").get(d["verdict"], "~") if shown else "?"
                 cell += f" ({signed(d['mean'])} {said})"
             cells.append(cell)
         table.add_row(text(name), *cells)

@@ -39,6 +39,7 @@ def generate(
     frames: Annotated[int, typer.Option("--frames", help="Frames per video.")] = 16,
     fps: Annotated[Optional[float], typer.Option("--fps", help="Frame rate of the written videos (default: the clip rate the model trained at).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed; each video's own seed is in the manifest.")] = 0,
+    video_format: Annotated[str, typer.Option("--format", help="The dataset's videos: mkv (FFV1, lossless: nothing a recogniser trained on them could key on) | avi (MJPEG 4:4:4, the bundled data's format) | mp4 (H.264 4:2:0, for players). preview.mp4 plays a few of them either way.")] = "mkv",
     gif: Annotated[bool, typer.Option("--gif", help="Also write a GIF of every kept video.")] = False,
     keep_rejected: Annotated[bool, typer.Option("--keep-rejected", help="Write rejected videos under rejected/.")] = False,
     attention: AttentionBackend = None,
@@ -73,7 +74,8 @@ def generate(
     cfg = GenerationConfig(classes=classes or ["G7"], n=n, reject_topk=reject_topk, max_candidates=max_candidates,
                            batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance,
                            guidance_interval=parse_interval(guidance_interval), cache_interval=cache_interval,
-                           text_per_video=text_per_video, num_frames=frames, fps=fps, seed=seed, gif=gif, keep_rejected=keep_rejected)
+                           text_per_video=text_per_video, num_frames=frames, fps=fps, seed=seed, video_format=video_format, gif=gif,
+                           keep_rejected=keep_rejected)
     with attention_backend(attention), generation_progress(not quiet and main) as progress:
         manifest = generate(model, out, cfg, classifier=classifier if reject_topk > 0 or classifier else None,
                             progress=progress)

@@ -17,6 +17,9 @@
 #   test:      30 new recordings (seed 1) with each rare class at 10 % of the segments, so each is scored on
 #              ~18 segments rather than 4-6.
 #   reference: 30 more recordings (seed 2, rare share 12 %): the positive control's clips.
+# The recogniser trains 900 steps at lr 1e-3 (STEPS=, LR=): at 300 steps and 3e-3 it had not converged, and its
+# seed-to-seed spread hid the positive control's gain. Generated videos are written lossless (FFV1; FORMAT= picks
+# generate's --format: a folder made before 2026-12-08 holds MP4s, continue it with FORMAT=mp4).
 # Everything lands in ./evaluation/ (OUT= moves it); re-running continues where it stopped. The reports,
 # their pictures and the time each step took are then copied into docs/evaluation/ (DOCS=).
 set -euo pipefail
@@ -40,6 +43,7 @@ for r in $RULES; do rules+=(--rejection "$r"); done
   survgen data synth --out "$OUT/reference" --seed 2 --num-videos 30 --rare-share 0.12
 timed "generate (top-3 rejection, rejected kept)" \
   survgen generate --class G1 --class G6 --class G7 --n "${N:-64}" --reject-topk 3 --keep-rejected \
+  --format "${FORMAT:-mkv}" \
   --out "$OUT/generated/rare" --quiet
 [ -f "$OUT/quality/quality.json" ] || timed "evaluate quality (with the real-vs-real floor)" \
   survgen evaluate quality --real "$OUT/reference" --fake "$OUT/generated/rare" --report "$OUT/quality" \
@@ -50,7 +54,7 @@ timed "generate (top-3 rejection, rejected kept)" \
 timed "evaluate downstream" \
   survgen evaluate downstream --real "$OUT/data" --test "$OUT/test" --reference-real "$OUT/reference" \
   --synthetic "$OUT/generated/rare" "${rules[@]}" \
-  --preset resnet-lstm --image-size 32 --steps "${STEPS:-300}" --batch-size 16 "${seeds[@]}" \
+  --preset resnet-lstm --image-size 32 --steps "${STEPS:-900}" --lr "${LR:-1e-3}" --batch-size 16 "${seeds[@]}" \
   --report "$OUT/downstream" --quiet
 cat "$OUT/timings.md"
 

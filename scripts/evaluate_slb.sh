@@ -6,8 +6,12 @@
 # N accepted bleeding videos under top-1 rejection, keeping the rejected ones (for the arm
 # without rejection sampling); measure their quality (the paper's Table 1 is on this task);
 # then train the paper's recogniser, a ResNet-LSTM, on real / real + synthetic with top-1 RS /
-# real + as many synthetic videos without RS, over 5 seeds, and report balanced accuracy and
-# the bleeding class's F1 with paired 95 % intervals.
+# real + as many synthetic videos without RS / real + as many real held-out bleeding clips, from
+# 30 more transections (seed 2, REFERENCE_SHARE of them bleeding: the positive control) / those
+# clips encoded as generated (the codec control), over 5 seeds, and report balanced accuracy and
+# the bleeding class's F1 with paired 95 % intervals. The generator is judged only if the
+# positive control's gain is outside the noise. (One rare class: no labels to rotate, so no
+# negative control.)
 #
 # Everything lands in ./evaluation-slb/ (OUT= moves it); re-running continues where it stopped
 # (trainings resume, generation and the downstream test continue their folders). The reports,
@@ -32,6 +36,9 @@ for s in $SEEDS; do seeds+=(--seed "$s"); done
   survgen data synth --task slb --out "$OUT/data" --num-videos "${NUM_VIDEOS:-48}"
 [ -d "$OUT/test" ] || timed "synthesise the test data" \
   survgen data synth --task slb --out "$OUT/test" --seed 1 --num-videos "${TEST_VIDEOS:-30}"
+[ -d "$OUT/reference" ] || timed "synthesise the positive control's transections" \
+  survgen data synth --task slb --out "$OUT/reference" --seed 2 --num-videos "${REFERENCE_VIDEOS:-30}" \
+  --rare-share "${REFERENCE_SHARE:-0.5}"
 survgen data stats "$OUT/data" --plot "$OUT/class_balance.png"
 timed "train the VAE" \
   survgen train-vae --data "$OUT/data" --out "$OUT/vae" $(resume "$OUT/vae") \
@@ -54,7 +61,8 @@ timed "generate (top-1 rejection, rejected kept)" \
   survgen evaluate quality --real "$OUT/data" --fake "$OUT/generated/SLB1" --classifier "$OUT/classifier" \
   --report "$OUT/quality" --quiet
 timed "evaluate downstream (ResNet-LSTM)" \
-  survgen evaluate downstream --real "$OUT/data" --test "$OUT/test" --synthetic "$OUT/generated/SLB1" \
+  survgen evaluate downstream --real "$OUT/data" --test "$OUT/test" --reference-real "$OUT/reference" \
+  --synthetic "$OUT/generated/SLB1" \
   --preset resnet-lstm --rejection top-1 "${seeds[@]}" --image-size "${IMAGE_SIZE:-32}" \
   --steps "${STEPS:-300}" --batch-size 16 --report "$OUT/downstream" --quiet
 cat "$OUT/timings.md"

@@ -33,6 +33,14 @@ def grid(rows: list[np.ndarray], labels: list[str] | None = None, pad: int = 2, 
     return canvas
 
 
+def video_grid(videos: list[np.ndarray], labels: list[str]) -> np.ndarray:
+    """Videos `(n, H, W, 3)` one under the other, labelled, as frames `(n, H', W', 3)` of even size (H.264's);
+    the shortest sets the length."""
+    frames = [np.asarray(grid([v[t:t + 1] for v in videos], labels)) for t in range(min(len(v) for v in videos))]
+    h, w = frames[0].shape[:2]
+    return np.pad(np.stack(frames), ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
+
+
 def save_png(image: Image.Image, path: str | Path) -> Path:
     from PIL.PngImagePlugin import PngInfo
 

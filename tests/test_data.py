@@ -57,7 +57,7 @@ def _expected_clips(root, clip_length=16, step=6):
 
 
 # ---------------------------------------------------------------- video I/O
-@pytest.mark.parametrize("suffix", [".avi", ".mp4", ".gif"])
+@pytest.mark.parametrize("suffix", [".mkv", ".avi", ".mp4", ".gif"])
 def test_write_video_round_trip_keeps_every_frame(tmp_path, suffix):
     frames = _moving_frames()
     path = write_video(tmp_path / f"clip{suffix}", frames, fps=12)
@@ -70,6 +70,8 @@ def test_write_video_round_trip_keeps_every_frame(tmp_path, suffix):
     assert (info.num_frames, info.height, info.width) == (20, 32, 48)
     assert info.fps == pytest.approx(12)
     decoded = read_frames(path, range(20)).astype(int)
+    if suffix == ".mkv":  # FFV1: lossless
+        np.testing.assert_array_equal(decoded, frames)
     tolerance = 3 if suffix == ".avi" else 12  # MJPEG near-lossless, H.264 lossy
     assert np.abs(decoded - frames).mean() < tolerance
 
@@ -85,13 +87,15 @@ def test_write_video_mp4_falls_back_to_mpeg4_without_libx264(tmp_path, monkeypat
 def test_write_video_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="even width and height"):
         write_video(tmp_path / "odd.mp4", np.zeros((2, 31, 32, 3), np.uint8), 10)
-    with pytest.raises(ValueError, match="use one of .avi, .mp4, .gif"):
+    with pytest.raises(ValueError, match="use one of .mkv, .avi, .mp4, .gif"):
         write_video(tmp_path / "x.webm", _moving_frames(), 10)
     with pytest.raises(ValueError, match=r"uint8 of shape \(n, H, W, 3\)"):
         write_video(tmp_path / "x.avi", np.zeros((2, 8, 8), np.float32), 10)
     assert list(tmp_path.iterdir()) == []
     odd = write_video(tmp_path / "odd.avi", np.full((3, 31, 33, 3), 90, np.uint8), 10)  # MJPEG 4:4:4 takes odd sizes
     assert read_frames(odd, [2]).shape == (1, 31, 33, 3)
+    noise = np.random.default_rng(0).integers(0, 256, (3, 31, 33, 3), dtype=np.uint8)  # so does FFV1, bit for bit
+    np.testing.assert_array_equal(read_frames(write_video(tmp_path / "odd.mkv", noise, 10), range(3)), noise)
 
 
 def test_read_frames_keeps_order_and_repeats_and_refuses_missing_frames(tmp_path):

@@ -139,9 +139,9 @@ def test_the_runner_trains_every_arm_and_seed_and_writes_a_report(synth_dataset,
     # the rule's arm takes the candidates that pass it; the arm without rejection the first candidates
     # (accepted 0, rejected 1), as many as the rule kept
     rs = (out / "runs" / "rare-top-1-rs.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[0] for row in rs] == ["videos/G7_00000.mp4", "videos/G7_00002.mp4"]
+    assert [row.split(",")[0] for row in rs] == ["videos/G7_00000.mkv", "videos/G7_00002.mkv"]
     no_rs = (out / "runs" / "rare-no-rs-as-many-as-top-1.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[0] for row in no_rs] == ["videos/G7_00000.mp4", "rejected/G7_00001.mp4"]
+    assert [row.split(",")[0] for row in no_rs] == ["videos/G7_00000.mkv", "rejected/G7_00001.mkv"]
     assert len(results["runs"]) == 6 and set(results["summary"]) == set(names)
     assert results["runs"][0]["train_clips"] + 2 == results["runs"][2]["train_clips"]
     # paired differences by seed: every arm against real, a rule's arm also against its matched arm
@@ -195,7 +195,7 @@ NEGATIVE = "real + rare (top-3 RS), labels rotated (negative control)"
 def test_the_controls_add_held_out_real_clips_their_re_encoding_and_mislabelled_videos(
         synth_dataset, generated_two, tmp_path):
     from survgen.data.synth import synthesize_dataset
-    from survgen.data.video import read_frames
+    from survgen.data.video import probe_video, read_frames
     from survgen.evaluation.report import write_downstream_report
 
     reference = synthesize_dataset(tmp_path / "reference", num_videos=4, frames_per_video=160, seed=3,
@@ -213,19 +213,23 @@ def test_the_controls_add_held_out_real_clips_their_re_encoding_and_mislabelled_
     rows = (out / "runs" / "controls" / "negative.csv").read_text().splitlines()[1:]
     assert all(row.split(",")[-1] == ("7" if "/G1_" in row else "1") for row in rows) and len(rows) == 4
     # the codec control holds the positive control's clips, written as generate writes its videos
-    codec = sorted((out / "runs" / "controls" / "codec").glob("*.mp4"))
-    generated_frames = read_frames(generated_two / "videos" / "G1_00000.mp4", range(16))
+    codec = sorted((out / "runs" / "controls" / "codec").glob("*.mkv"))
+    generated_frames = read_frames(generated_two / "videos" / "G1_00000.mkv", range(16))
     assert len(codec) == 4 and read_frames(codec[0], range(16)).shape == generated_frames.shape
+    # generate writes lossless FFV1, so the codec control holds the held-out recordings' own pixels
+    real_frames = {frame.tobytes() for video in sorted(reference.rglob("video_left.avi"))
+                   for frame in read_frames(video, range(probe_video(video).num_frames))}
+    assert all(frame.tobytes() in real_frames for video in codec for frame in read_frames(video, range(16)))
     positive = json.loads((out / "runs" / "control-positive" / "seed-0" / "run.json").read_text())
     assert positive  # the control trained like every arm
-    # the verdict: a 2-step recogniser cannot pass the positive control, so the arms are not judged
+    # the verdict: a 2-step recogniser's control gains on no score, so the arms are not judged
     verdict = results["verdict"]
     assert verdict["positive_control"] == POSITIVE and verdict["scores"] == ["Jaccard G1", "Jaccard G7"]
     # (a class no test point and no prediction holds has no Jaccard index, and so no detectable effect)
     assert set(verdict["minimum_detectable_effect"]) <= {"Jaccard G1", "Jaccard G7"}
     assert all(d["effect"] >= 0 and d["seeds"] == 2 for d in verdict["minimum_detectable_effect"].values())
     assert verdict["negative_control"]["arm"] == NEGATIVE and verdict["codec_control"]["against"] == POSITIVE
-    if not verdict["passed"]:
+    if not verdict["judged"]:
         assert "fractions" not in verdict
         text = write_downstream_report(results, out).read_text()
         assert "the experiment cannot judge the generator" in text and "not judged" in text
@@ -263,6 +267,30 @@ def test_the_verdict_judges_only_once_the_positive_control_passes():
     assert verdict["passed"] is False and "fractions" not in verdict
     assert not verdict["negative_control"]["shows_harm"]
     assert judge(noisy, [{"name": "real"}, {"name": "generator"}], ["G1"], binary=False)["passed"] is None
+
+
+def test_the_verdict_judges_the_scores_where_the_positive_control_gains_and_only_those():
+    from survgen.evaluation.report import _noise_section, _verdict_section
+    from survgen.evaluation.verdict import judge
+
+    g1, g6 = _runs({"real": [0] * 5, "control": [0.20, 0.22, 0.18, 0.21, 0.19], "generator": [0.1] * 5}), \
+        _runs({"real": [0] * 5, "control": [0.3, -0.25, 0.2, -0.3, 0.1], "generator": [0.1] * 5})
+    runs = {arm: {s: {"per_class": {"G1": g1[arm][s]["per_class"]["G1"], "G6": g6[arm][s]["per_class"]["G1"]}}
+                  for s in range(5)} for arm in g1}
+    arms = [{"name": "real"}, {"name": "control", "control": "positive"}, {"name": "generator"}]
+    verdict = judge(runs, arms, ["G1", "G6"], binary=False)
+    assert verdict["passed"] is False and verdict["judged"] == ["Jaccard G1"]
+    assert list(verdict["fractions"]["generator"]) == ["Jaccard G1"]  # no share of a gain the control lacks
+    text = "\n".join(_verdict_section({"verdict": verdict}))
+    assert "**In part: on Jaccard G1, not on Jaccard G6.**" in text and "cannot judge" not in text
+    d = {"mean": 0.1, "low": 0.05, "high": 0.15, "n": 5, "verdict": "gain"}
+    paired = {"per_class": {"G1": {"jaccard": d}, "G6": {"jaccard": d}}, "balanced_accuracy": d}
+    results = {"verdict": verdict, "summary": {"generator": {"paired": {"real": paired}}},
+               "arms": [{"name": "real"}, {"name": "generator", "synthetic_clips": {"G1": 2, "G6": 2}}]}
+    rows = [line for line in "\n".join(_noise_section(results, ClassVocabulary())).splitlines()
+            if line.startswith("| generator")]
+    assert [row.split("|")[3].strip() + ": " + row.split("|")[-2].strip() for row in rows] == [
+        "Jaccard G1: gain", "Jaccard G6: not judged", "balanced accuracy: not judged"]
 
 
 def test_fieller_intervals_and_the_minimum_detectable_effect():

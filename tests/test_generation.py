@@ -12,7 +12,8 @@ from torch import nn
 from survgen.classes import ClassVocabulary
 from survgen.data.index import build_index
 from survgen.diffusion.video_sampler import VideoSampler
-from survgen.generation.candidates import accepted, candidate_seed
+from survgen.data.video import probe_video, read_frames
+from survgen.generation.candidates import Candidates, accepted, candidate_seed
 from survgen.generation.batch_size import automatic_batch_size, batch_for_memory
 from survgen.generation.run import GenerationConfig, GenerationError, generate
 from survgen.models.classifier import ClassifierConfig
@@ -93,7 +94,7 @@ def test_rejection_keeps_only_recognised_videos_and_writes_a_mergeable_dataset(v
     assert first["seed"] == candidate_seed(0, G7, 0)
     assert manifest["model"]["temporal_sha256"] and len(manifest["model"]["temporal_sha256"]) == 64
     assert (out / kept[0]["file"]).exists() and kept[0]["file"].startswith("videos/")
-    assert len(list((out / "rejected").glob("*.mp4"))) == 8
+    assert len(list((out / "rejected").glob("*.mkv"))) == 8
     assert (out / "contact_sheet.png").exists()
     # the kept videos form a dataset in the CSV layout that the loader reads like real data
     rows = list(csv.DictReader((out / "labels.csv").open()))
@@ -106,6 +107,25 @@ def test_no_rejection_keeps_every_video(video_model, temporal_run, tmp_path):
     manifest = run(video_model, temporal_run, tmp_path / "gen", reject_topk=0, n=2, gif=True)
     assert [v["accepted"] for v in manifest["videos"]] == [True, True]
     assert len(list((tmp_path / "gen" / "videos").glob("*.gif"))) == 2
+
+
+def test_the_dataset_format_is_lossless_by_default_and_a_preview_plays_for_people(video_model, temporal_run,
+                                                                                 tmp_path):
+    video_unet, spatial, run_info = video_model
+    manifest = run(video_model, temporal_run, tmp_path / "gen", reject_topk=0, n=2, num_frames=8)
+    first = manifest["videos"][0]
+    assert first["file"] == "videos/G7_00000.mkv"
+    cfg = GenerationConfig(**manifest["request"]["config"])
+    candidates = Candidates(tmp_path, cfg, VideoSampler(video_unet, spatial, run_info.vocabulary), None,
+                            run_info.vocabulary)
+    sampled, _ = candidates.sample(G7, [v["seed"] for v in manifest["videos"]])  # the batch as generate made it
+    np.testing.assert_array_equal(read_frames(tmp_path / "gen" / first["file"], range(8)), sampled[0])  # FFV1
+    preview = probe_video(tmp_path / "gen" / "preview.mp4")
+    assert preview.num_frames == 8 and preview.height > 2 * 64  # the two videos, one under the other
+    players = run(video_model, temporal_run, tmp_path / "mp4", reject_topk=0, n=1, num_frames=8, video_format="mp4")
+    assert players["videos"][0]["file"] == "videos/G7_00000.mp4"
+    with pytest.raises(GenerationError, match="--format must be one of mkv, avi, mp4, got 'webm'"):
+        run(video_model, temporal_run, tmp_path / "webm", video_format="webm")
 
 
 def test_an_interrupted_run_resumes_to_exactly_n_videos_with_no_seed_twice(video_model, temporal_run, tmp_path):
@@ -122,7 +142,7 @@ def test_an_interrupted_run_resumes_to_exactly_n_videos_with_no_seed_twice(video
     seeds = [v["seed"] for v in videos]
     assert len(set(seeds)) == len(seeds)
     assert [v["candidate"] for v in videos] == list(range(len(videos)))
-    assert len(list((out / "videos").glob("*.mp4"))) == 4
+    assert len(list((out / "videos").glob("*.mkv"))) == 4
 
 
 def test_bad_requests_are_refused_before_any_work(video_model, temporal_run, tmp_path):
@@ -155,7 +175,6 @@ def labels(out):
 
 
 def test_a_rerun_remakes_lost_and_damaged_videos_bit_for_bit(video_model, temporal_run, tmp_path, capsys):
-    from survgen.data.video import probe_video, read_frames
 
     out = tmp_path / "gen"
     options = dict(reject_topk=0, n=3, num_frames=8, gif=True)
@@ -182,7 +201,7 @@ def test_a_rerun_remakes_lost_and_damaged_videos_bit_for_bit(video_model, tempor
         np.testing.assert_array_equal(read_frames(out / f, range(8)), frames[f])
         assert (out / f).read_bytes() == originals[f]  # the same bytes, not only the same frames
     assert gif.read_bytes() == gif_bytes
-    assert labels(out) == files and sorted((out / "videos").glob("*.mp4")) == sorted(out / f for f in files)
+    assert labels(out) == files and sorted((out / "videos").glob("*.mkv")) == sorted(out / f for f in files)
 
     capsys.readouterr()
     run(video_model, temporal_run, out, **options)  # all whole now: nothing redone, nothing said
@@ -208,7 +227,7 @@ def test_a_remade_video_the_classifier_now_rejects_is_replaced_by_a_new_candidat
     assert videos[0]["file"] is None and videos[0]["classifier_topk"][0]["class"] == "G3"
     assert not (out / files[0]).exists()  # the damaged copy of a video no longer kept is gone
     assert labels(out) == [files[1], videos[2]["file"]]
-    assert sorted(p.name for p in (out / "videos").iterdir()) == ["G7_00001.mp4", "G7_00002.mp4"]
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["G7_00001.mkv", "G7_00002.mkv"]
     assert again["summary"]["per_class"]["G7"]["accepted"] == 2
 
 

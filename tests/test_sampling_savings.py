@@ -198,12 +198,14 @@ def test_a_folder_from_before_the_savings_continues_with_the_computation_it_was_
     from survgen.generation.run import GenerationConfig
 
     cfg = GenerationConfig(sampler="ddim", steps=25, guidance_interval=None, cache_interval=1)
-    old = generation_request(dataclasses.replace(cfg, text_per_video=False), tmp_path / "model", None)
-    for option in ("guidance_interval", "cache_interval", "text_per_video"):
+    old = generation_request(dataclasses.replace(cfg, text_per_video=False, video_format="mp4"), tmp_path / "model",
+                             None)
+    for option in ("guidance_interval", "cache_interval", "text_per_video", "video_format"):
         del old["config"][option]
     (tmp_path / "gen").mkdir()
     (tmp_path / "gen" / "manifest.json").write_text(json.dumps({"request": old, "videos": []}))
-    with pytest.raises(GenerationError, match="differs in: text_per_video"):
+    with pytest.raises(GenerationError, match=r"differs in: text_per_video, video_format\) \(it was made before "
+                                              r"those options existed: add --per-frame-text, --format mp4\)"):
         open_output(tmp_path / "gen", generation_request(cfg, tmp_path / "model", None))
-    as_before = dataclasses.replace(cfg, text_per_video=False)  # --per-frame-text
+    as_before = dataclasses.replace(cfg, text_per_video=False, video_format="mp4")  # --per-frame-text --format mp4
     assert open_output(tmp_path / "gen", generation_request(as_before, tmp_path / "model", None))["videos"] == []

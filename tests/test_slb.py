@@ -78,6 +78,14 @@ def test_the_bleeding_share_is_exact_with_both_classes_present():
     assert plan_bleeding(3, 0.9, rng).sum() == 2
 
 
+def test_the_cli_sets_the_bleeding_share(tmp_path):
+    result = runner.invoke(app, ["data", "synth", "--task", "slb", "--out", str(tmp_path / "d"), "--num-videos", "10",
+                                 "--frames-per-video", "16", "--size", "16", "--rare-share", "0.4"])
+    assert result.exit_code == 0, result.output
+    classes = [_class_of(labels) for labels, _ in dataset_contents(tmp_path / "d").values()]
+    assert classes.count(BLEEDING) == 4 and len(classes) == 10
+
+
 def _red_share(frame: np.ndarray) -> float:
     """Share of a frame's pixels that are the saturated red of fresh blood."""
     rgb = frame.astype(np.int16)

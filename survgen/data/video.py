@@ -38,9 +38,10 @@ from survgen.io import atomic_path
 log = logging.getLogger("survgen.data")
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-WRITABLE_SUFFIXES = (".avi", ".mp4", ".gif")
+WRITABLE_SUFFIXES = (".mkv", ".avi", ".mp4", ".gif")
 VIDEO_BACKENDS = ("pyav", "decord")
 BACKEND_VARIABLE = "SURVGEN_VIDEO_BACKEND"
+MUXERS = {"mkv": "matroska"}  # FFmpeg's names where they are not the suffix
 
 
 class VideoReadError(Exception):
@@ -429,9 +430,10 @@ def _decord_reason(error: Exception) -> str:
 def write_video(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     """Write uint8 RGB frames `(n, H, W, 3)` atomically; the suffix picks the format.
 
-    `.avi`: MJPEG at a constant frame rate, full-resolution chroma (yuvj444p),
-    so tiny frames keep their colours (the bundled dataset's format).
-    `.mp4`: H.264 yuv420p (MPEG-4 Part 2 where FFmpeg lacks libx264); needs
+    `.mkv`: FFV1 in Matroska, lossless RGB: decoded, the frames are the ones
+    given, bit for bit. `.avi`: MJPEG at a constant frame rate, full-resolution
+    chroma (yuvj444p), so tiny frames keep their colours (the bundled dataset's
+    format). `.mp4`: H.264 yuv420p (MPEG-4 Part 2 where FFmpeg lacks libx264); needs
     even width and height. `.gif`: looping animation (PIL; it stores a run of
     identical frames as one longer frame, so only the timing survives).
     """
@@ -457,7 +459,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float) -> Path:
 
 def _write_with_pyav(tmp: Path, frames: np.ndarray, fps: float, container_format: str) -> None:
     rate = Fraction(fps).limit_denominator(1001)
-    if container_format == "avi":
+    if container_format == "mkv":
+        codec, pix_fmt, options = "ffv1", "bgr0", {}  # FFV1 takes RGB as bgr0: lossless, no colour conversion
+    elif container_format == "avi":
         codec, pix_fmt, options = "mjpeg", "yuvj444p", {}
     elif "libx264" in av.codecs_available:
         # Without macroblock-tree rate control, which makes libx264 encode the same frames differently from
@@ -466,7 +470,9 @@ def _write_with_pyav(tmp: Path, frames: np.ndarray, fps: float, container_format
     else:
         codec, pix_fmt, options = "mpeg4", "yuv420p", {}
     # The temp file's name ends in .tmp, so the container format is named explicitly.
-    with av.open(str(tmp), mode="w", format=container_format) as container:
+    with av.open(str(tmp), mode="w", format=MUXERS.get(container_format, container_format)) as container:
+        if container_format == "mkv":  # else Matroska writes a random segment id: same frames, other bytes
+            container.flags |= av.container.Flags.bitexact.value
         stream = container.add_stream(codec, rate=rate, options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = pix_fmt

@@ -298,21 +298,7 @@ def _verdict_section(results: dict) -> list[str]:
                   "held-out clips where the synthetic ones go), so the differences below are not verdicts on the "
                   "generator.", ""]
     else:
-        gains = ", ".join(f"{score} {interval_text(d)}" for score, d in verdict["control_gain"].items())
-        if verdict["passed"]:
-            lines += [f"**Yes.** The positive control (`{verdict['positive_control']}`) gains outside the noise on "
-                      f"every score it is judged on: {gains}.", "",
-                      "What each arm recovers of the positive control's gain (mean gain over the control's; "
-                      "Fieller's 95 % interval):", "",
-                      markdown_table(["arm"] + verdict["scores"],
-                                     [[arm] + [fraction_text(f) for f in row.values()]
-                                      for arm, row in verdict.get("fractions", {}).items()]), ""]
-        else:
-            lines += [f"**No: the experiment cannot judge the generator.** The positive control "
-                      f"(`{verdict['positive_control']}`) does not gain outside the noise on every score: {gains}. "
-                      "The verdicts on the other arms are left out; the minimum detectable effect below says how "
-                      "many seeds would be needed.", ""]
-        lines += _other_controls_lines(verdict)
+        lines += _positive_control_lines(verdict) + _other_controls_lines(verdict)
     detectable = verdict.get("minimum_detectable_effect", {})
     if detectable:
         rows = [[score, number(d["sd"]), str(d["seeds"]), number(d["effect"]),
@@ -325,11 +311,37 @@ def _verdict_section(results: dict) -> list[str]:
     return lines
 
 
+def _positive_control_lines(verdict: dict) -> list[str]:
+    """Whether the positive control gained on every score, on some (the ones the arms are judged on) or on none;
+    and each arm's fraction of its gain where it did."""
+    gains = ", ".join(f"{score} {interval_text(d)}" for score, d in verdict["control_gain"].items())
+    judged = verdict.get("judged", [])
+    if not judged:
+        return [f"**No: the experiment cannot judge the generator.** The positive control "
+                f"(`{verdict['positive_control']}`) does not gain outside the noise on any score: {gains}. The "
+                "verdicts on the other arms are left out; the minimum detectable effect below says how many seeds "
+                "would be needed.", ""]
+    if verdict["passed"]:
+        lines = [f"**Yes.** The positive control (`{verdict['positive_control']}`) gains outside the noise on "
+                 f"every score it is judged on: {gains}.", ""]
+    else:
+        blind = ", ".join(s for s in verdict["scores"] if s not in judged)
+        lines = [f"**In part: on {' and '.join(judged)}, not on {blind}.** The positive control "
+                 f"(`{verdict['positive_control']}`) gains outside the noise there only: {gains}. The generator "
+                 f"is judged on {' and '.join(judged)}; on {blind} its differences are no verdicts.", ""]
+    return lines + ["What each arm recovers of the positive control's gain (mean gain over the control's; "
+                    "Fieller's 95 % interval):", "",
+                    markdown_table(["arm"] + judged, [[arm] + [fraction_text(f) for f in row.values()]
+                                                      for arm, row in verdict.get("fractions", {}).items()]), ""]
+
+
 def _other_controls_lines(verdict: dict) -> list[str]:
     lines = []
     if negative := verdict.get("negative_control"):
         harm = ", ".join(f"{score} {interval_text(d)}" for score, d in negative["harm"].items())
-        said = "shows the harm it must" if negative["shows_harm"] else "does **not** show harm outside the noise"
+        hurt = [score for score, d in negative["harm"].items() if d["verdict"] == "loss"]
+        said = ("shows the harm it must" if negative["shows_harm"] else f"shows harm on {', '.join(hurt)} only"
+                if hurt else "does **not** show harm outside the noise")
         lines += [f"The negative control (`{negative['arm']}`) {said}: {harm}.", ""]
     if codec := verdict.get("codec_control"):
         cost = ", ".join(f"{score} {interval_text(d)}" for score, d in codec["difference"].items())
@@ -411,17 +423,17 @@ def _noise_section(results: dict, vocabulary: ClassVocabulary) -> list[str]:
     two-class task, the event class's F1."""
     summary = results["summary"]
     rare = synthetic_classes(results["arms"], [vocabulary.code(c) for c in range(len(vocabulary))])
-    judged = results.get("verdict", {}).get("passed") is True
+    verdict = results.get("verdict", {})
     controls = {a["name"] for a in results["arms"] if a.get("control")}
     rows = []
     for arm, entry in summary.items():
         for other, paired in entry.get("paired", {}).items():
-            shown = judged or arm in controls
             cells = [(f"Jaccard {code}", paired["per_class"][code]["jaccard"]) for code in rare]
             cells.append(("balanced accuracy", paired["balanced_accuracy"]))
             # a two-class task: the event's F1, and both per video, are headlines too
             cells += [(headline_name(k, vocabulary), paired[k]) for k in BINARY_HEADLINE if k in paired]
-            rows += [[arm, other, what, interval_text(d), str(d["n"]), d["verdict"] if shown else "not judged"]
+            rows += [[arm, other, what, interval_text(d), str(d["n"]),
+                      d["verdict"] if arm in controls or judged_on(verdict, what) else "not judged"]
                      for what, d in cells]
     if not rows:
         return []
@@ -431,7 +443,12 @@ def _noise_section(results: dict, vocabulary: ClassVocabulary) -> list[str]:
             "Differences are paired by seed (the seed fixes the recogniser's initial weights and data order); the "
             "interval is Student's t over the seeds. `gain` or `loss`: the interval excludes zero; `within noise`: "
             "it does not, and these seeds cannot tell the arms apart. `not judged`: the positive control did not "
-            "pass (or was not run), so a synthetic arm's difference is no verdict.", ""]
+            "gain on that score (or was not run), so a synthetic arm's difference there is no verdict.", ""]
+
+
+def judged_on(verdict: dict, score: str) -> bool:
+    """Is a synthetic arm's difference on `score` a verdict: the positive control passed, or gained on it?"""
+    return verdict.get("passed") is True or score in verdict.get("judged", [])
 
 
 def synthetic_classes(arms: list[dict], codes: list[str]) -> list[str]:

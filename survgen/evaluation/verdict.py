@@ -1,12 +1,12 @@
 """Can the downstream experiment judge a generator? Its controls, read from the runs of every seed.
 
-The experiment judges only once its positive control (real held-out clips where
-synthetic ones would go) shows a gain outside the noise for every rare class
-(the Jaccard index; in a two-class task, balanced accuracy). Then each other
-arm's gain is given as a fraction of the control's, with an interval: "this
-generator recovers 60 % [35, 85] of what real data would give". Without a
-passing control the fractions are left out and the report says the experiment
-cannot judge.
+The experiment judges a score only once its positive control (real held-out
+clips where synthetic ones would go) shows a gain outside the noise on it (the
+Jaccard index of each rare class; in a two-class task, balanced accuracy). It
+passes when it does on every score. On each score it judges, every other arm's
+gain is given as a fraction of the control's, with an interval: "this generator
+recovers 60 % [35, 85] of what real data would give". On the others the
+fractions are left out and the report says the experiment cannot judge there.
 
 Also from the same runs: whether the negative control (labels rotated) shows
 the harm it must, what the codec control costs against the positive control,
@@ -57,10 +57,13 @@ def judge(by_arm: dict[str, Scores], arms: list[dict], rare: list[str], binary: 
         return result
     control = {score_name(k): paired_difference(_values(by_arm[positive], k), base[k]) for k in keys}
     result["control_gain"] = control
-    result["passed"] = all(d["verdict"] == "gain" for d in control.values())
+    judged = [k for k in keys if control[score_name(k)]["verdict"] == "gain"]
+    result["judged"] = [score_name(k) for k in judged]
+    result["passed"] = len(judged) == len(keys)
     result.update(_other_controls(by_arm, arms, base, positive, binary))
-    if result["passed"]:
-        result["fractions"] = {name: {score_name(k): ratio_of_gains(gains(name, k), gains(positive, k)) for k in keys}
+    if judged:
+        result["fractions"] = {name: {score_name(k): ratio_of_gains(gains(name, k), gains(positive, k))
+                                      for k in judged}
                                for name, r in role.items() if name != real and r is None}
     return result
 

@@ -70,7 +70,7 @@ def class_end(records: list[dict], n: int, cap: int) -> int | None:
 
 
 def video_files(record: dict, gif: bool) -> list[str]:
-    """The files a candidate's record stands for: its MP4, and its GIF with --gif (none for an unkept one)."""
+    """The files a candidate's record stands for: its video, and its GIF with --gif (none for an unkept one)."""
     if not record.get("file"):
         return []
     return [record["file"]] + ([str(Path(record["file"]).with_suffix(".gif"))] if gif else [])
@@ -200,4 +200,4 @@ class Candidates:
         """The record's file, by its verdict: under videos/, rejected/ (--keep-rejected) or none."""
         name = f"{record['class']}_{record['candidate']:05d}"
         folder = "videos" if record["accepted"] else ("rejected" if self.cfg.keep_rejected else None)
-        record["file"] = f"{folder}/{name}.mp4" if folder is not None else None
+        record["file"] = f"{folder}/{name}.{self.cfg.video_format}" if folder is not None else None

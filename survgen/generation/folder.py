@@ -6,9 +6,10 @@ the real one (`survgen data stats OUT` reads it):
     OUT/manifest.json       the request, model hashes, and one record per candidate
     OUT/labels.csv          video,start_frame,end_frame,class for every accepted video
     OUT/classes.json        the class vocabulary
-    OUT/videos/             accepted videos (MP4; GIF too with --gif)
+    OUT/videos/             accepted videos (--format: FFV1 .mkv, lossless, by default; GIF too with --gif)
     OUT/rejected/           rejected videos, only with --keep-rejected
     OUT/contact_sheet.png   frames of some accepted and rejected videos
+    OUT/preview.mp4         those videos playing, for people (H.264)
     OUT/parts/              while many processes run: each one's records (see below)
 
 Many processes (`survgen.generation.run`): each writes its videos and its part,
@@ -37,7 +38,11 @@ from survgen.models.loading import TEMPORAL_WEIGHTS
 
 MANIFEST = "manifest.json"
 # What a request that does not name an option did: the computation before the option was added.
-OPTIONS_BEFORE_THEY_EXISTED = {"guidance_interval": None, "cache_interval": 1, "text_per_video": False}
+OPTIONS_BEFORE_THEY_EXISTED = {"guidance_interval": None, "cache_interval": 1, "text_per_video": False,
+                               "video_format": "mp4"}
+# ... and what to add to the command to continue such a folder
+FLAGS_BEFORE_THEY_EXISTED = {"guidance_interval": "no --guidance-interval", "cache_interval": "--cache-interval 1",
+                             "text_per_video": "--per-frame-text", "video_format": "--format mp4"}
 PARTS = "parts"  # each process's records while many run
 PART_FILES = ("rank-*-of-*.json", ".rank-*-of-*.json.*.tmp")  # and what a killed atomic write left
 
@@ -111,15 +116,18 @@ def open_output(out: Path, request: dict) -> dict | None:
             raise GenerationError(f"{manifest_path}: unreadable ({e}); it was edited or damaged: restore it, or "
                                   "choose a new --out") from None
         old = manifest.get("request", {})
+        lacked = set(OPTIONS_BEFORE_THEY_EXISTED) - set(old.get("config", {}))
         if isinstance(old.get("config"), dict):  # a folder from before an option existed was made without it
             old = {**old, "config": {**OPTIONS_BEFORE_THEY_EXISTED, **old["config"]}}
         if old != request:
             changed = sorted(k for k in set(old.get("config", {})) | set(request["config"])
                              if old.get("config", {}).get(k) != request["config"].get(k))
+            flags = [FLAGS_BEFORE_THEY_EXISTED[k] for k in changed if k in lacked]
             changed += [k for k in ("model", "classifier") if old.get(k) != request[k]]
+            hint = f" (it was made before those options existed: add {', '.join(flags)})" if flags else ""
             raise GenerationError(
-                f"{out}: holds a generation made with other options (differs in: {', '.join(changed)}); "
-                "re-run the same command to continue it, or choose a new --out"
+                f"{out}: holds a generation made with other options (differs in: {', '.join(changed)}){hint}; "
+                "re-run the command that made it to continue it, or choose a new --out"
             )
         return manifest
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ setup in every process (`sampling_environment`: torchrun gives each process
 OMP_NUM_THREADS=1 unless it is set, and the thread count moves bits).
 
 Deterministic: the batches are a function of the request, a video a function of its
-seed and batch, and the MP4 encoder a function of the frames
+seed and batch, and every encoder a function of the frames
 (`survgen.data.video.write_video`), so the same request on the same setup
 (`sampling_environment`) writes the same bytes, and a video made again equals the one
 it replaces.
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from survgen.classes import ClassVocabulary
 from survgen.console import warn
+from survgen.data.video import write_video
 from survgen.data.index import CLIP_FPS
 from survgen.diffusion.video_sampler import VideoSampler, check_sampling_options
 from survgen.generation.batch_size import automatic_batch_size
@@ -62,9 +63,13 @@ from survgen.generation.repair import repair
 from survgen.io import write_json_atomic
 from survgen.models.loading import load_classifier, load_video_model, spatial_model_dir
 from survgen.presets import DEFAULT_SAMPLING
-from survgen.visualize import grid, save_png
+from survgen.visualize import grid, save_png, video_grid
 
 CONTACT_SHEET_ROWS = 4  # accepted and rejected videos each
+# The dataset's formats. A recogniser trained on real and generated clips can key on any signature the real
+# clips lack, such as H.264's halved chroma (benchmarks/NOTES.md), so the default loses nothing.
+VIDEO_FORMATS = {"mkv": "FFV1, lossless RGB (default)", "avi": "MJPEG 4:4:4, the bundled data's format",
+                 "mp4": "H.264 4:2:0, for players"}
 
 
 @dataclass
@@ -85,6 +90,7 @@ class GenerationConfig:
     num_frames: int = 16
     fps: float | None = None  # None: the clip rate the model was trained at
     seed: int = 0
+    video_format: str = "mkv"  # a suffix of VIDEO_FORMATS: how the dataset's videos are written
     gif: bool = False
     keep_rejected: bool = False
 
@@ -104,6 +110,8 @@ class GenerationConfig:
             problems.append(f"--fps must be positive, got {self.fps}")
         if not self.classes:
             problems.append("give at least one --class")
+        if self.video_format not in VIDEO_FORMATS:
+            problems.append(f"--format must be one of {', '.join(VIDEO_FORMATS)}, got {self.video_format!r}")
         try:
             check_sampling_options(self.sampler, self.steps, self.guidance, self.guidance_interval,
                                    1 if self.cache_interval is None else self.cache_interval)
@@ -258,7 +266,7 @@ def _generate(world: World, model: Path, out: Path, cfg: GenerationConfig, class
     rows = _generate_classes(candidates, videos, class_ids, save, progress, world, part)
     sheet = _contact_sheet(world.gather(rows), videos)  # waits until every process is done
     if world.main:
-        _write_contact_sheet(out, sheet)  # the dataset files and the manifest are current after every round
+        _write_contact_sheet(out, sheet, cfg.fps)  # the dataset files and the manifest are current after every round
         remove_parts(out)
     return manifest
 
@@ -401,10 +409,12 @@ def _contact_sheet(sheets: list[dict], videos: list[dict]) -> dict:
             for kind in ("accepted", "rejected")}
 
 
-def _write_contact_sheet(out: Path, sheet: dict) -> None:
+def _write_contact_sheet(out: Path, sheet: dict, fps: float) -> None:
+    """contact_sheet.png (a few frames of each row) and preview.mp4 (the rows playing), for people."""
     rows = sheet["accepted"] + sheet["rejected"]
     if not rows:
         return
     step = max(1, rows[0][1].shape[0] // 8)  # at most 8 frames per video
-    save_png(grid([frames[::step] for _, frames, _ in rows], [label for _, _, label in rows]),
-             out / "contact_sheet.png")
+    labels = [label for _, _, label in rows]
+    save_png(grid([frames[::step] for _, frames, _ in rows], labels), out / "contact_sheet.png")
+    write_video(out / "preview.mp4", video_grid([frames for _, frames, _ in rows], labels), fps=fps)
