@@ -128,6 +128,7 @@ def test_any_number_of_processes_keeps_and_writes_what_one_process_does(tmp_path
 # With this seed the class ends at candidate 4: after rejected ones, first of its block (so 5 is surplus), in a
 # block rank 0 makes (so rank 1's block 6-7 of that round is made ahead and dropped).
 BATCH, CAP, SEED = 2, 8, 1
+PREVIEWS = ("contact_sheet.png", "preview.mp4")
 OPTIONS = ["generate", "--class", "G7", "--n", "2", "--max-candidates", str(CAP), "--batch-size", str(BATCH),
            "--sampler", "ddim", "--steps", "2", "--guidance", "1", "--reject-topk", "2", "--keep-rejected",
            "--seed", str(SEED), "--quiet"]
@@ -173,7 +174,7 @@ def test_two_processes_make_the_folder_one_process_makes_and_a_killed_run_resume
     in_two_processes(two)
     merged = manifest(two)
     assert merged == manifest(one)  # request, environment and records; nothing says how many processes
-    assert files(two) == files(one)  # video bytes, labels.csv, the contact sheet; no parts left
+    assert files(two) == files(one)  # video bytes, labels.csv, the contact sheet and preview; no parts left
 
     videos = merged["videos"]
     end = videos[-1]["candidate"]
@@ -197,4 +198,4 @@ def test_two_processes_make_the_folder_one_process_makes_and_a_killed_run_resume
     (resumed / "manifest.json").write_text(json.dumps(killed))
     in_this_process(resumed)
     assert manifest(resumed) == merged
-    assert files(resumed, "contact_sheet.png") == files(two, "contact_sheet.png")  # the sheet: this run's videos
+    assert files(resumed, *PREVIEWS) == files(two, *PREVIEWS)  # the sheet and preview: this run's videos
