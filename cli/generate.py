@@ -39,7 +39,7 @@ def generate(
     frames: Annotated[int, typer.Option("--frames", help="Frames per video.")] = 16,
     fps: Annotated[Optional[float], typer.Option("--fps", help="Frame rate of the written videos (default: the clip rate the model trained at).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed; each video's own seed is in the manifest.")] = 0,
-    video_format: Annotated[str, typer.Option("--format", help="The dataset's videos: mkv (FFV1, lossless: nothing a recogniser trained on them could key on) | avi (MJPEG 4:4:4, the bundled data's format) | mp4 (H.264 4:2:0, for players). preview.mp4 plays a few of them either way.")] = "mkv",
+    video_format: Annotated[str, typer.Option("--format", help="The dataset's videos: mkv (FFV1, lossless: no codec artefact for a recogniser to key on) | avi (MJPEG 4:4:4, the bundled data's format) | mp4 (H.264 4:2:0, for players). preview.mp4 plays a few of them either way.")] = "mkv",
     gif: Annotated[bool, typer.Option("--gif", help="Also write a GIF of every kept video.")] = False,
     keep_rejected: Annotated[bool, typer.Option("--keep-rejected", help="Write rejected videos under rejected/.")] = False,
     attention: AttentionBackend = None,
