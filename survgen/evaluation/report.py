@@ -340,8 +340,12 @@ def _other_controls_lines(verdict: dict) -> list[str]:
     if negative := verdict.get("negative_control"):
         harm = ", ".join(f"{score} {interval_text(d)}" for score, d in negative["harm"].items())
         hurt = [score for score, d in negative["harm"].items() if d["verdict"] == "loss"]
-        said = ("shows the harm it must" if negative["shows_harm"] else f"shows harm on {', '.join(hurt)} only"
-                if hurt else "does **not** show harm outside the noise")
+        if negative["shows_harm"]:
+            said = "shows the harm it must"
+        elif hurt:
+            said = f"shows harm on {', '.join(hurt)} only"
+        else:
+            said = "does **not** show harm outside the noise"
         lines += [f"The negative control (`{negative['arm']}`) {said}: {harm}.", ""]
     if codec := verdict.get("codec_control"):
         cost = ", ".join(f"{score} {interval_text(d)}" for score, d in codec["difference"].items())

@@ -37,12 +37,12 @@ from survgen.io import OutputPathError, output_folder, shown_path, write_json_at
 from survgen.models.loading import TEMPORAL_WEIGHTS
 
 MANIFEST = "manifest.json"
-# What a request that does not name an option did: the computation before the option was added.
-OPTIONS_BEFORE_THEY_EXISTED = {"guidance_interval": None, "cache_interval": 1, "text_per_video": False,
-                               "video_format": "mp4"}
-# ... and what to add to the command to continue such a folder
-FLAGS_BEFORE_THEY_EXISTED = {"guidance_interval": "no --guidance-interval", "cache_interval": "--cache-interval 1",
-                             "text_per_video": "--per-frame-text", "video_format": "--format mp4"}
+# What a request that does not name an option did (the computation before the option was added), and what to
+# add to the command to continue such a folder.
+OPTIONS_BEFORE_THEY_EXISTED = {"guidance_interval": (None, "no --guidance-interval"),
+                               "cache_interval": (1, "--cache-interval 1"),
+                               "text_per_video": (False, "--per-frame-text"),
+                               "video_format": ("mp4", "--format mp4")}
 PARTS = "parts"  # each process's records while many run
 PART_FILES = ("rank-*-of-*.json", ".rank-*-of-*.json.*.tmp")  # and what a killed atomic write left
 
@@ -118,11 +118,12 @@ def open_output(out: Path, request: dict) -> dict | None:
         old = manifest.get("request", {})
         lacked = set(OPTIONS_BEFORE_THEY_EXISTED) - set(old.get("config", {}))
         if isinstance(old.get("config"), dict):  # a folder from before an option existed was made without it
-            old = {**old, "config": {**OPTIONS_BEFORE_THEY_EXISTED, **old["config"]}}
+            before = {k: value for k, (value, _) in OPTIONS_BEFORE_THEY_EXISTED.items()}
+            old = {**old, "config": {**before, **old["config"]}}
         if old != request:
             changed = sorted(k for k in set(old.get("config", {})) | set(request["config"])
                              if old.get("config", {}).get(k) != request["config"].get(k))
-            flags = [FLAGS_BEFORE_THEY_EXISTED[k] for k in changed if k in lacked]
+            flags = [OPTIONS_BEFORE_THEY_EXISTED[k][1] for k in changed if k in lacked]
             changed += [k for k in ("model", "classifier") if old.get(k) != request[k]]
             hint = f" (it was made before those options existed: add {', '.join(flags)})" if flags else ""
             raise GenerationError(

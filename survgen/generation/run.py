@@ -50,8 +50,8 @@ import torch.nn.functional as F
 
 from survgen.classes import ClassVocabulary
 from survgen.console import warn
-from survgen.data.video import write_video
 from survgen.data.index import CLIP_FPS
+from survgen.data.video import write_video
 from survgen.diffusion.video_sampler import VideoSampler, check_sampling_options
 from survgen.generation.batch_size import automatic_batch_size
 from survgen.generation.candidates import Candidates, batch_plan, class_end, video_files
@@ -66,10 +66,10 @@ from survgen.presets import DEFAULT_SAMPLING
 from survgen.visualize import grid, save_png, video_grid
 
 CONTACT_SHEET_ROWS = 4  # accepted and rejected videos each
-# The dataset's formats. A recogniser trained on real and generated clips can key on any signature the real
-# clips lack, such as H.264's halved chroma (benchmarks/NOTES.md), so the default loses nothing.
-VIDEO_FORMATS = {"mkv": "FFV1, lossless RGB (default)", "avi": "MJPEG 4:4:4, the bundled data's format",
-                 "mp4": "H.264 4:2:0, for players"}
+# The dataset's formats (`write_video`'s suffixes): FFV1 lossless RGB, MJPEG 4:4:4, H.264 4:2:0. A recogniser
+# trained on real and generated clips can key on any signature the real clips lack, such as H.264's halved
+# chroma (benchmarks/NOTES.md), so the default, mkv, loses nothing.
+VIDEO_FORMATS = ("mkv", "avi", "mp4")
 
 
 @dataclass
